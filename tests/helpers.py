@@ -1,0 +1,31 @@
+"""Shared helpers of the test suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def solution_notebooks() -> list[Path]:
+    return sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def notebook_check_ids(path: Path) -> list[str]:
+    from coursepkg.batch import CHECK_CALL
+
+    nb = nbformat.read(path, as_version=4)
+    return [i for c in nb.cells if c.cell_type == "code" for i in CHECK_CALL.findall(c.source)]
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
