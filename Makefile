@@ -28,6 +28,7 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check coursepkg tests benchmarks conftest.py
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory book
 

@@ -8,7 +8,8 @@ from collections import defaultdict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coursepkg", description="Tools of the course 'From EM to Diffusion'.")
+    parser = argparse.ArgumentParser(prog="python -m coursepkg",
+                                     description="Tools of the course 'From EM to Diffusion'.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("exercises", help="generate exercises/ from solutions/")

@@ -99,8 +99,13 @@ def mvn_log_prob(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torc
     L, info = torch.linalg.cholesky_ex(cov)
     if torch.any(info != 0):
         raise ValueError("cov is not symmetric positive definite (its Cholesky factorisation failed)")
-    diff = (x - mean).unsqueeze(-1)
-    sol = torch.linalg.solve_triangular(L, diff, upper=False).squeeze(-1)
+    diff = x - mean
+    if L.dim() == 2:  # one covariance for the whole batch: a single solve with N right-hand sides
+        flat = diff.reshape(-1, D)
+        sol = torch.linalg.solve_triangular(L, flat.T, upper=False).T.reshape(diff.shape)
+    else:
+        L_b = L.expand(*diff.shape[:-1], D, D)
+        sol = torch.linalg.solve_triangular(L_b, diff.unsqueeze(-1), upper=False).squeeze(-1)
     half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     return -0.5 * (D * LOG_2PI + (sol**2).sum(-1)) - half_logdet
 
@@ -339,7 +344,7 @@ def _linear_gaussian_args(x, A, b, prior_mean, prior_cov, noise_cov):
     expect = {"x": (x, (None, Dx)), "b": (b, (Dx,)), "prior_mean": (m0, (Dz,)),
               "prior_cov": (S0, (Dz, Dz)), "noise_cov": (Sn, (Dx, Dx))}
     for name, (t, shape) in expect.items():
-        if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape, strict=False)):
             want = "(N, Dx)" if name == "x" else str(tuple(shape))
             raise ValueError(f"{name} must have shape {want} for A of shape ({Dx}, {Dz}); got {list(t.shape)}")
     for name, S in (("prior_cov", S0), ("noise_cov", Sn)):

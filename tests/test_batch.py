@@ -10,8 +10,6 @@ import sys
 import nbformat
 import pytest
 
-from coursepkg.batch import grade_folder
-
 from .helpers import ROOT, file_digest
 
 NAME = "01_probability_toolkit.ipynb"

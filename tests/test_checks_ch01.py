@@ -47,7 +47,12 @@ def test_a_correct_but_differently_written_answer_passes():
 
     _ok("01.gaussian_log_prob", log_prob)
     _ok("01.reparameterize", lambda mu, lv, eps: mu + lv.exp().sqrt() * eps)
-    _ok("01.mean_and_stderr", lambda v: (v.sum(0) / len(v), torch.sqrt(((v - v.mean(0)) ** 2).sum(0) / (len(v) - 1) / len(v))))
+
+    def by_hand(v):
+        n = len(v)
+        return v.sum(0) / n, torch.sqrt(((v - v.mean(0)) ** 2).sum(0) / (n - 1) / n)
+
+    _ok("01.mean_and_stderr", by_hand)
 
 
 # ---------------------------------------------------------------------------------------------- mistakes

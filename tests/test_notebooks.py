@@ -9,8 +9,16 @@ import sys
 import nbformat
 import pytest
 
-from coursepkg.notebooks import (BEGIN, END, GeneratorError, content_hash, generate_exercises, install_cell_source,
-                                 repository, sync_install_cells)
+from coursepkg.notebooks import (
+    BEGIN,
+    END,
+    GeneratorError,
+    content_hash,
+    generate_exercises,
+    install_cell_source,
+    repository,
+    sync_install_cells,
+)
 
 from .helpers import ROOT, file_digest
 
@@ -27,7 +35,8 @@ def _mini_repo(tmp_path, solution_cells):
 def _solution_cells():
     code = nbformat.v4.new_code_cell
     md = nbformat.v4.new_markdown_cell
-    solved = code(f"def f(x):\n    \"\"\"Double x.\"\"\"\n    {BEGIN}\n    y = 2 * x\n    return y\n    {END}\n\nvalue = f(3)")
+    solved = code(f"def f(x):\n    \"\"\"Double x.\"\"\"\n    {BEGIN}\n    y = 2 * x\n    return y\n    {END}\n"
+                  "\nvalue = f(3)")
     solved.outputs = [nbformat.v4.new_output("stream", text="6\n")]
     solved.execution_count = 4
     only = code("print('solution only')")
@@ -160,7 +169,8 @@ def test_install_cells_follow_config(tmp_path):
     assert sync_install_cells(root, check=True)
     sync_install_cells(root)
     first = _read(root / "solutions" / "01_demo.ipynb").cells[0]
-    assert "git+https://github.com/someone/fork@" in first.source and len(_read(root / "solutions" / "01_demo.ipynb").cells) == 3
+    assert "git+https://github.com/someone/fork@" in first.source
+    assert len(_read(root / "solutions" / "01_demo.ipynb").cells) == 3
 
 
 def test_repository_notebooks_have_the_install_cell_first():

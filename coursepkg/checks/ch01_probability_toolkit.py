@@ -12,7 +12,16 @@ import math
 import torch
 
 from coursepkg import probability as P
-from coursepkg.grading import CheckFailure, Mistake, call, compare, describe_inputs, random_cases, register, require_callable
+from coursepkg.grading import (
+    CheckFailure,
+    Mistake,
+    call,
+    compare,
+    describe_inputs,
+    random_cases,
+    register,
+    require_callable,
+)
 
 # The first shape of each case draws positive log-variances, so that a mistake which only makes
 # sense for positive numbers (log-variance used as a variance) is recognised before the later
@@ -28,6 +37,15 @@ def _randn(case, *shape, scale=1.0, shift=0.0):
 def _logvar(case, n, d):
     lv = _randn(case, n, d, scale=0.8)
     return lv.abs() + 0.1 if (n, d) == SHAPES[0] else lv
+
+
+def _rtol(case) -> float:
+    return 1e-4 if case["dtype"] == torch.float32 else 1e-7
+
+
+def _applicable(mistakes, d):
+    """With one dimension, a mean over dimensions is a sum: that mistake cannot be told apart."""
+    return mistakes if d > 1 else [m for m in mistakes if "mean over" not in m[0]]
 
 
 def _pair(got, what: str):
@@ -67,7 +85,7 @@ def check_gaussian_log_prob(answer):
              ref - 0.5 * logvar.sum(-1)),
         ]
         compare(call(f, x, mu, logvar), ref, what="log p(x)", inputs=describe_inputs(x=x),
-                rtol=1e-4 if case["dtype"] == torch.float32 else 1e-7, mistakes=mistakes if d > 1 else [m for m in mistakes if "mean over" not in m[0]])
+                rtol=_rtol(case), mistakes=_applicable(mistakes, d))
     return f"matches the reference on {len(cases)} random inputs"
 
 
@@ -94,7 +112,7 @@ def check_kl_diag_gaussians(answer):
              "their KLs: use .sum(-1)", ref / d),
         ]
         compare(call(f, mu_q, lv_q, mu_p, lv_p), ref, what="the KL", inputs=describe_inputs(mu_q=mu_q),
-                rtol=1e-4 if case["dtype"] == torch.float32 else 1e-7, mistakes=mistakes if d > 1 else [m for m in mistakes if "mean over" not in m[0]])
+                rtol=_rtol(case), mistakes=_applicable(mistakes, d))
     # the KL of a distribution with itself is 0: catches a constant offset the random cases might miss
     mu, lv = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
     same = call(f, mu, lv, mu, lv)
@@ -127,7 +145,8 @@ def check_mean_and_stderr(answer):
                 ("the variance where the standard deviation belongs", "use std / sqrt(n), not var / sqrt(n)",
                  values.var(0) / math.sqrt(n)),
                 ("the biased standard deviation (dividing by n, not n - 1)", "use the unbiased sample standard "
-                 "deviation: values.std(0) (correction=1, torch's default)", values.std(0, correction=0) / math.sqrt(n)),
+                 "deviation: values.std(0) (correction=1, torch's default)",
+                 values.std(0, correction=0) / math.sqrt(n)),
             ]
             compare(se, ref.stderr, what="the standard error", inputs=describe_inputs(values=values),
                     rtol=1e-4 if case["dtype"] == torch.float32 else 1e-8, mistakes=mistakes)
