@@ -46,6 +46,12 @@ def _event_dims(shape: torch.Size, what: str) -> None:
         raise ValueError(f"{what}: inputs are scalars; give the event dimension explicitly, e.g. shape (N, 1)")
 
 
+def _is_symmetric(S: torch.Tensor) -> bool:
+    """``S == S^T`` up to round-off (Cholesky reads only the lower triangle, so it cannot tell)."""
+    tol = math.sqrt(torch.finfo(S.dtype).eps) * S.abs().amax()
+    return bool(((S - S.mT).abs() <= tol).all())
+
+
 # --------------------------------------------------------------------------------------------------
 # log-densities
 # --------------------------------------------------------------------------------------------------
@@ -94,18 +100,25 @@ def mvn_log_prob(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torc
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"cov must be a (D, D) matrix, got shape {list(cov.shape)}")
     D = cov.shape[-1]
+    _event_dims(x.shape, "mvn_log_prob")
+    _event_dims(mean.shape, "mvn_log_prob")
     if x.shape[-1] != D or mean.shape[-1] != D:
         raise ValueError(f"x{list(x.shape)}, mean{list(mean.shape)} and cov{list(cov.shape)} disagree on D")
+    try:
+        batch = torch.broadcast_shapes(x.shape[:-1], mean.shape[:-1], cov.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"batch shapes do not broadcast together: x{list(x.shape)}, mean{list(mean.shape)}, "
+                         f"cov{list(cov.shape)}") from None
     L, info = torch.linalg.cholesky_ex(cov)
-    if torch.any(info != 0):
+    if torch.any(info != 0) or not _is_symmetric(cov):
         raise ValueError("cov is not symmetric positive definite (its Cholesky factorisation failed)")
     diff = x - mean
     if L.dim() == 2:  # one covariance for the whole batch: a single solve with N right-hand sides
         flat = diff.reshape(-1, D)
         sol = torch.linalg.solve_triangular(L, flat.T, upper=False).T.reshape(diff.shape)
     else:
-        L_b = L.expand(*diff.shape[:-1], D, D)
-        sol = torch.linalg.solve_triangular(L_b, diff.unsqueeze(-1), upper=False).squeeze(-1)
+        L_b = L.expand(*batch, D, D)
+        sol = torch.linalg.solve_triangular(L_b, diff.expand(*batch, D).unsqueeze(-1), upper=False).squeeze(-1)
     half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     return -0.5 * (D * LOG_2PI + (sol**2).sum(-1)) - half_logdet
 
@@ -176,8 +189,10 @@ def kl_equal_variance(mu_q: torch.Tensor, mu_p: torch.Tensor, var: float | torch
     shape = _broadcast(mu_q=mu_q, mu_p=mu_p)
     _event_dims(shape, "kl_equal_variance")
     try:  # one variance per distribution: a number, or a tensor broadcasting to the batch shape
-        torch.broadcast_shapes(var.shape, shape[:-1])
+        fits = torch.broadcast_shapes(var.shape, shape[:-1]) == shape[:-1]
     except RuntimeError:
+        fits = False
+    if not fits:
         raise ValueError(f"var must be a number or broadcast to the batch shape {list(shape[:-1])}; "
                          f"got shape {list(var.shape)}") from None
     return ((mu_q - mu_p) ** 2).sum(-1) / (2.0 * var)
@@ -231,10 +246,10 @@ def monte_carlo(f: Callable[[torch.Tensor], torch.Tensor], sample: Callable[[int
     while done < n_samples:
         m = min(step, n_samples - done)
         xs = sample(m)
-        if not isinstance(xs, torch.Tensor) or xs.shape[0] != m:
+        if not isinstance(xs, torch.Tensor) or xs.dim() == 0 or xs.shape[0] != m:
             raise ValueError(f"sample({m}) must return a tensor with first dimension {m}")
         fx = f(xs)
-        if not isinstance(fx, torch.Tensor) or fx.shape[0] != m:
+        if not isinstance(fx, torch.Tensor) or fx.dim() == 0 or fx.shape[0] != m:
             raise ValueError(f"f must return a tensor with first dimension {m} (one value per sample)")
         chunks.append(fx.detach())
         done += m
@@ -244,6 +259,8 @@ def monte_carlo(f: Callable[[torch.Tensor], torch.Tensor], sample: Callable[[int
 def log_mean_exp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:
     r""":math:`\log \frac1n \sum_i e^{a_i}` computed stably (Eq. ``log-mean-exp``)."""
     a = _tensor("a", a)
+    if a.dim() == 0:
+        raise ValueError("a must have a sample dimension; got a scalar")
     return torch.logsumexp(a, dim) - math.log(a.shape[dim])
 
 
@@ -348,6 +365,30 @@ def _linear_gaussian_args(x, A, b, prior_mean, prior_cov, noise_cov):
             want = "(N, Dx)" if name == "x" else str(tuple(shape))
             raise ValueError(f"{name} must have shape {want} for A of shape ({Dx}, {Dz}); got {list(t.shape)}")
     for name, S in (("prior_cov", S0), ("noise_cov", Sn)):
-        if torch.linalg.cholesky_ex(S)[1] != 0:
+        if torch.linalg.cholesky_ex(S)[1] != 0 or not _is_symmetric(S):
             raise ValueError(f"{name} must be symmetric positive definite")
     return x, A, b, m0, S0, Sn
+
+
+# --- added for chapter 01 text ---
+def bayes_rule(log_prior: torch.Tensor, log_likelihood: torch.Tensor, dim: int = -1
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Evidence and posterior of a discrete latent, in log space (Eqs. ``sum-rule`` and ``bayes-rule``).
+
+    .. math:: \log p(x) = \log\sum_k p(z=k)\,p(x\mid z=k),\qquad
+              \log p(z=k\mid x) = \log p(z=k) + \log p(x\mid z=k) - \log p(x)
+
+    The values of the latent run along ``dim`` of ``log_prior`` and ``log_likelihood`` (which broadcast
+    together, e.g. ``(K,)`` and ``(N, K)``); the sum is a ``logsumexp``, so no probability underflows.
+    Returns ``(log_evidence, log_posterior)``: the first without ``dim``, the second of the broadcast
+    shape, summing (after ``exp``) to one along ``dim``. Zero prior mass (``-inf``) is allowed.
+    """
+    log_prior = _tensor("log_prior", log_prior)
+    log_likelihood = _tensor("log_likelihood", log_likelihood, like=log_prior)
+    shape = _broadcast(log_prior=log_prior, log_likelihood=log_likelihood)
+    _event_dims(shape, "bayes_rule")
+    if not -len(shape) <= dim < len(shape):
+        raise ValueError(f"dim={dim} is out of range for inputs broadcasting to {list(shape)}")
+    log_joint = log_prior + log_likelihood
+    log_evidence = torch.logsumexp(log_joint, dim=dim, keepdim=True)
+    return log_evidence.squeeze(dim), log_joint - log_evidence
