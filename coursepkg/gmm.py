@@ -229,8 +229,22 @@ def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float, center: torch
     second = _second_moments(xc, resp)                       # sum_n r_nk x_n x_n^T, (K, D, D)
     cov = second / nk[:, None, None] - means_c.unsqueeze(2) * means_c.unsqueeze(1)
     cov = 0.5 * (cov + cov.mT)
+    if reg_covar == 0:
+        _check_not_collapsed(cov, xc)
     cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
     return GMM(nk / nk.sum(), means_c + center, cov)
+
+
+def _check_not_collapsed(cov: torch.Tensor, xc: torch.Tensor) -> None:
+    """Without regularisation, a component that shrinks onto one point (or a line) has a covariance
+    made of round-off: its likelihood is unbounded and the numbers are noise. Say so."""
+    scale = (xc * xc).mean()
+    L, info = torch.linalg.cholesky_ex(cov)
+    tiny = torch.diagonal(L, dim1=-2, dim2=-1).square().amin(-1) < 100 * torch.finfo(cov.dtype).eps * scale
+    bad = ((info != 0) | tiny).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"component(s) {bad} collapsed onto too few points (a singular covariance, so an "
+                         "unbounded likelihood); increase reg_covar (it is 0) or use fewer components")
 
 
 def _second_moments(xc: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
