@@ -210,7 +210,7 @@ def m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float = 1e-6) -> GMM:
     gets a finite mean and the covariance ``reg_covar * I`` instead of NaN.
     """
     x = _check_x(x)
-    if not isinstance(resp, torch.Tensor) or resp.shape != (x.shape[0], resp.shape[-1]) or resp.dim() != 2:
+    if not isinstance(resp, torch.Tensor) or resp.dim() != 2 or resp.shape[0] != x.shape[0]:
         raise ValueError(f"resp must have shape (N, K) with N={x.shape[0]}, got "
                          f"{list(resp.shape) if isinstance(resp, torch.Tensor) else type(resp).__name__}")
     if resp.dtype != x.dtype or resp.device != x.device:
@@ -219,51 +219,41 @@ def m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float = 1e-6) -> GMM:
         raise ValueError("resp must be finite and non-negative")
     if reg_covar < 0:
         raise ValueError(f"reg_covar must be non-negative, got {reg_covar}")
-    return _m_step(x, resp, reg_covar, x.mean(0))
+    return _m_step(x, resp, reg_covar)
 
 
-def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float, center: torch.Tensor) -> GMM:
+def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float) -> GMM:
+    N, D = x.shape
+    K = resp.shape[1]
     nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
-    xc = x - center                                          # centring keeps the second moments accurate
-    means_c = (resp.T @ xc) / nk[:, None]
-    second = _second_moments(xc, resp)                       # sum_n r_nk x_n x_n^T, (K, D, D)
-    cov = second / nk[:, None, None] - means_c.unsqueeze(2) * means_c.unsqueeze(1)
+    means = (resp.T @ x) / nk[:, None]
+    # sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T = W_k^T W_k with W_k = sqrt(r_k) (x - mu_k): one batched
+    # product per chunk of rows for all K. Centring each component at its own mean (rather than
+    # computing E[x x^T] - mu mu^T) keeps float32 accurate for tight clusters far from the origin.
+    second = torch.zeros(K, D, D, dtype=x.dtype, device=x.device)
+    sqrt_resp = resp.sqrt()
+    for rows in _chunks(N, K, D):
+        w = sqrt_resp[rows].T.unsqueeze(-1) * (x[rows].unsqueeze(0) - means.unsqueeze(1))   # (K, rows, D)
+        second.baddbmm_(w.mT, w)
+    cov = second / nk[:, None, None]
     cov = 0.5 * (cov + cov.mT)
     if reg_covar == 0:
-        _check_not_collapsed(cov, xc)
+        _check_not_collapsed(cov, x)
     cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
-    return GMM(nk / nk.sum(), means_c + center, cov)
+    return GMM(nk / nk.sum(), means, cov)
 
 
-def _check_not_collapsed(cov: torch.Tensor, xc: torch.Tensor) -> None:
+def _check_not_collapsed(cov: torch.Tensor, x: torch.Tensor) -> None:
     """Without regularisation, a component that shrinks onto one point (or a line) has a covariance
     made of round-off: its likelihood is unbounded and the numbers are noise. Say so."""
-    scale = (xc * xc).mean()
+    # round-off in x - mu_k is about eps * |x|: a variance below (100 eps |x|)^2 is made of it
+    floor = (100 * torch.finfo(cov.dtype).eps * x.abs().amax()) ** 2
     L, info = torch.linalg.cholesky_ex(cov)
-    tiny = torch.diagonal(L, dim1=-2, dim2=-1).square().amin(-1) < 100 * torch.finfo(cov.dtype).eps * scale
+    tiny = torch.diagonal(L, dim1=-2, dim2=-1).square().amin(-1) < floor
     bad = ((info != 0) | tiny).nonzero().flatten().tolist()
     if bad:
         raise ValueError(f"component(s) {bad} collapsed onto too few points (a singular covariance, so an "
                          "unbounded likelihood); increase reg_covar (it is 0) or use fewer components")
-
-
-def _second_moments(xc: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
-    """``sum_n r_nk x_n x_n^T`` for every k, ``(K, D, D)``, by whichever product suits the shape:
-    for small D, one matrix product of ``resp^T`` with the D^2 products ``x_d x_e`` per point; for
-    larger D, ``W_k^T W_k`` with ``W_k = sqrt(r_k) x`` for all k in one batched product."""
-    (N, D), K = xc.shape, resp.shape[1]
-    if D <= 8:
-        second = torch.zeros(K, D * D, dtype=xc.dtype, device=xc.device)
-        for rows in _chunks(N, 1, 4 * D * D):
-            xr = xc[rows]
-            second.addmm_(resp[rows].T, (xr.unsqueeze(2) * xr.unsqueeze(1)).reshape(-1, D * D))
-        return second.view(K, D, D)
-    second = torch.zeros(K, D, D, dtype=xc.dtype, device=xc.device)
-    sqrt_resp = resp.sqrt()
-    for rows in _chunks(N, K, D):
-        w = sqrt_resp[rows].T.unsqueeze(-1) * xc[rows]       # (K, rows, D)
-        second.baddbmm_(w.mT, w)
-    return second
 
 
 def elbo(x: torch.Tensor, gmm: GMM, resp: torch.Tensor) -> torch.Tensor:
@@ -315,7 +305,7 @@ def init_kmeans_pp(x: torch.Tensor, k: int, *, seed: int | None = None, reg_cova
     C = torch.cat(centres)
     labels = torch.cdist(x, C).argmin(1)
     resp = torch.nn.functional.one_hot(labels, k).to(x.dtype)
-    return _m_step(x, resp, reg_covar, x.mean(0))
+    return _m_step(x, resp, reg_covar)
 
 
 def init_random(x: torch.Tensor, k: int, *, seed: int | None = None, reg_covar: float = 1e-6) -> GMM:
@@ -326,7 +316,10 @@ def init_random(x: torch.Tensor, k: int, *, seed: int | None = None, reg_covar: 
     g = _generator(seed, x.device)
     idx = torch.randperm(x.shape[0], generator=g, device=x.device)[:k]
     D = x.shape[1]
-    cov = torch.cov(x.T, correction=0).reshape(D, D) if x.shape[0] > 1 else torch.zeros(D, D, dtype=x.dtype)
+    if x.shape[0] > 1:
+        cov = torch.cov(x.T, correction=0).reshape(D, D)
+    else:
+        cov = torch.zeros(D, D, dtype=x.dtype, device=x.device)
     cov = cov + reg_covar * torch.eye(D, dtype=x.dtype, device=x.device)
     return GMM(torch.full((k,), 1.0 / k, dtype=x.dtype, device=x.device), x[idx].clone(),
                cov.expand(k, D, D).clone())
@@ -400,14 +393,13 @@ def fit(x: torch.Tensor, k: int, init: str | GMM = "kmeans++", max_iter: int = 1
 
 
 def _em(x, gmm, max_iter, tol, reg_covar, callback) -> FitResult:
-    center = x.mean(0)
     log_resp, ll = _e_step(x, gmm)
     history, converged = [ll.item()], False
     for it in range(max_iter):
         resp = torch.exp(log_resp)
         if callback is not None:
             callback(it, gmm, resp)
-        gmm = _m_step(x, resp, reg_covar, center)
+        gmm = _m_step(x, resp, reg_covar)
         log_resp, ll = _e_step(x, gmm)
         history.append(ll.item())
         if abs(history[-1] - history[-2]) < tol:

@@ -107,6 +107,17 @@ def test_m_step_matches_the_closed_forms():
         np.testing.assert_allclose(new.covariances[k].numpy(), cov, rtol=1e-9, atol=1e-12)
 
 
+def test_m_step_is_accurate_in_float32_for_tight_distant_clusters():
+    # E[x x^T] - mu mu^T would cancel catastrophically here; centring each component does not
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(500, 2, generator=g) * 0.05 + 100, torch.randn(500, 2, generator=g) * 0.05 - 100])
+    resp = torch.zeros(1000, 2)
+    resp[:500, 0], resp[500:, 1] = 1.0, 1.0
+    new = G.m_step(x.float(), resp, reg_covar=0.0)
+    exact = torch.stack([torch.cov(x[:500].double().T, correction=0), torch.cov(x[500:].double().T, correction=0)])
+    assert ((new.covariances.double() - exact).abs().max() / exact.abs().max()).item() < 1e-4
+
+
 def test_m_step_maximises_the_expected_complete_log_likelihood():
     gmm = random_gmm(3, 2, seed=7)
     x, _ = gmm.sample(300, generator=torch.Generator().manual_seed(3))
