@@ -419,13 +419,7 @@ def naive_mc_likelihood(x: torch.Tensor, gmm: GMM, n_samples: int, *,
     Returns ``(p_hat (N,), log_p_hat (N,))``. ``p_hat`` is unbiased; ``log_p_hat`` (a log-mean-exp,
     computed stably) is biased low by Jensen's inequality.
     """
-    x = _check_x(x)
-    gmm = _match(x, gmm)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-    dev = x.device if generator is None else generator.device
-    z = torch.multinomial(gmm.weights.to(dev), n_samples, replacement=True, generator=generator).to(x.device)
-    log_cond = _log_gaussians(x, gmm.means, precision_cholesky(gmm.covariances))[:, z]   # log p(x | z_s), (N, S)
+    x, gmm, z, log_cond = _prior_samples(x, gmm, n_samples, generator)
     log_p_hat = torch.logsumexp(log_cond, dim=1) - math.log(n_samples)
     return torch.exp(log_p_hat), log_p_hat
 
@@ -447,17 +441,23 @@ def naive_mc_grad_means(x: torch.Tensor, gmm: GMM, n_samples: int, *,
     Carlo averages divided by each other, which is biased for finite ``S`` and, when no ``z_s`` lands
     on a component, gives that component's mean no gradient at all. Shape ``(N, K, D)``.
     """
+    x, gmm, z, log_cond = _prior_samples(x, gmm, n_samples, generator)
+    w = torch.softmax(log_cond, dim=1)                                                   # p(x|z_s) / sum_s'
+    share = torch.zeros(x.shape[0], gmm.n_components, dtype=x.dtype, device=x.device)
+    share.index_add_(1, z, w)                                                            # weight landing on each k
+    return share.unsqueeze(-1) * _precision_times_diff(x, gmm)
+
+
+def _prior_samples(x, gmm, n_samples, generator):
+    """Check the inputs, draw ``z_s ~ Cat(weights)`` (S,) and return ``log p(x_n | z_s)`` (N, S)."""
     x = _check_x(x)
     gmm = _match(x, gmm)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     dev = x.device if generator is None else generator.device
     z = torch.multinomial(gmm.weights.to(dev), n_samples, replacement=True, generator=generator).to(x.device)
-    log_cond = _log_gaussians(x, gmm.means, precision_cholesky(gmm.covariances))[:, z]   # (N, S)
-    w = torch.softmax(log_cond, dim=1)                                                   # p(x|z_s) / sum_s'
-    share = torch.zeros(x.shape[0], gmm.n_components, dtype=x.dtype, device=x.device)
-    share.index_add_(1, z, w)                                                            # weight landing on each k
-    return share.unsqueeze(-1) * _precision_times_diff(x, gmm)
+    log_cond = _log_gaussians(x, gmm.means, precision_cholesky(gmm.covariances))[:, z]
+    return x, gmm, z, log_cond
 
 
 def _precision_times_diff(x: torch.Tensor, gmm: GMM) -> torch.Tensor:

@@ -29,3 +29,23 @@ def file_digest(path: Path) -> str:
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_passes(exercise_id, fn):
+    """Assert that the check of ``exercise_id`` accepts ``fn``; return the result."""
+    from coursepkg.grading import check
+
+    r = check(exercise_id, fn, verbose=False)
+    assert r.passed, r.message
+    return r
+
+
+def check_fails(exercise_id, fn, *words):
+    """Assert that the check rejects ``fn`` with a message containing every one of ``words``."""
+    from coursepkg.grading import check
+
+    r = check(exercise_id, fn, verbose=False)
+    assert not r.passed, f"{exercise_id} accepted a wrong answer"
+    for w in words:
+        assert w.lower() in r.message.lower(), f"expected {w!r} in: {r.message}"
+    return r

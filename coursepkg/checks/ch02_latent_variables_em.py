@@ -103,6 +103,23 @@ def _log_components(x, weights, means, covariances) -> torch.Tensor:
     return G.joint_log_prob(x, G.GMM(weights, means, covariances)) - torch.log(weights)
 
 
+def _evaluation_trials(seed: int):
+    """Random mixtures (every shape, every dtype) then mixtures with points far from every component:
+    yields ``(case, x, weights, means, covariances, is_far, log N (N, K), joint log p (N, K))``."""
+    trials = [(case, shape) for case in random_cases(seed) for shape in SHAPES]
+    far = [(case, None) for case in random_cases(seed + 50)]
+    for case, shape in trials + far:
+        x, w, m, c, is_far = _far_case(case) if shape is None else (*_mixture_case(case, *shape), None)
+        log_n = _log_components(x, w, m, c)
+        yield case, x, w, m, c, is_far, log_n, torch.log(w) + log_n
+
+
+def _evaluation_verdict() -> str:
+    n_cases = len(random_cases(0))
+    return (f"matches the reference on {n_cases * len(SHAPES)} random inputs and on points far from every "
+            f"component ({n_cases} more)")
+
+
 def _unpack(got, n: int, what: str):
     if isinstance(got, G.GMM):
         raise CheckFailure(f"expected the tuple {what}, got a coursepkg.gmm.GMM: return the plain tensors")
@@ -134,13 +151,8 @@ def _underflow_fallback(got, ref: torch.Tensor, is_far: torch.Tensor, rtol: floa
 @register("02.log_likelihood", "per-point log-likelihood of a Gaussian mixture")
 def check_log_likelihood(answer):
     f = require_callable(answer)
-    trials = [(case, shape) for case in random_cases(2100) for shape in SHAPES]
-    far = [(case, None) for case in random_cases(2150)]
-    for case, shape in trials + far:
-        x, w, m, c, is_far = _far_case(case) if shape is None else (*_mixture_case(case, *shape), None)
+    for case, x, w, m, c, is_far, log_n, joint in _evaluation_trials(2100):
         K = w.shape[0]
-        log_n = _log_components(x, w, m, c)
-        joint = torch.log(w) + log_n
         ref = torch.logsumexp(joint, 1)
         mistakes = [
             ("exp underflow without log-sum-exp", UNDERFLOW_HINT, torch.log(torch.exp(joint).sum(1))),
@@ -181,21 +193,15 @@ def check_log_likelihood(answer):
             if is_far is not None:
                 _underflow_fallback(got, ref, is_far, rtol, atol, fail)
             raise
-    return (f"matches the reference on {len(trials)} random inputs and on points far from every "
-            f"component ({len(far)} more)")
+    return _evaluation_verdict()
 
 
 # --------------------------------------------------------------------------------------------------
 @register("02.e_step", "responsibilities (the E-step)")
 def check_e_step(answer):
     f = require_callable(answer)
-    trials = [(case, shape) for case in random_cases(2200) for shape in SHAPES]
-    far = [(case, None) for case in random_cases(2250)]
-    for case, shape in trials + far:
-        x, w, m, c, is_far = _far_case(case) if shape is None else (*_mixture_case(case, *shape), None)
+    for case, x, w, m, c, is_far, log_n, joint in _evaluation_trials(2200):
         K = w.shape[0]
-        log_n = _log_components(x, w, m, c)
-        joint = torch.log(w) + log_n
         log_resp = joint - torch.logsumexp(joint, 1, keepdim=True)
         ref = torch.exp(log_resp)
         p = torch.exp(joint)
@@ -226,8 +232,7 @@ def check_e_step(answer):
             if is_far is not None:
                 _underflow_fallback(got, ref, is_far, rtol, atol, fail)
             raise
-    return (f"matches the reference on {len(trials)} random inputs and on points far from every "
-            f"component ({len(far)} more)")
+    return _evaluation_verdict()
 
 
 # --------------------------------------------------------------------------------------------------
