@@ -1,0 +1,132 @@
+"""coursepkg.elbo: the ELBO and IWAE bounds against the exact log p(x) of a linear-Gaussian model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import distributions as td
+
+from coursepkg.elbo import LinearGaussianModel, elbo, iwae_bound
+
+
+@pytest.fixture
+def model():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    return LinearGaussianModel(W, torch.randn(4, generator=g, dtype=torch.float64),
+                               torch.tensor([0.3, 0.5, 0.2, 0.4], dtype=torch.float64))
+
+
+@pytest.fixture
+def x(model):
+    return model.sample(5, generator=torch.Generator().manual_seed(1))[0]
+
+
+def off_posterior(model, x, shift=0.7, scale=1.5):
+    post = model.posterior(x)
+    std = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+    return td.Independent(td.Normal(post.mean + shift, scale * std), 1)
+
+
+def test_log_marginal_matches_torch_distributions(model, x):
+    W, b, psi = model.W, model.b, model.noise_var
+    ref = td.MultivariateNormal(b, covariance_matrix=W @ W.T + torch.diag(psi)).log_prob(x)
+    assert torch.allclose(model.log_marginal(x), ref, atol=1e-12)
+
+
+def test_posterior_is_bayes_rule(model, x):
+    # log p(z | x) = log p(x, z) - log p(x) at any z
+    z = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    lhs = model.posterior(x).log_prob(z)
+    rhs = model.log_joint(x, z) - model.log_marginal(x)
+    assert torch.allclose(lhs, rhs, atol=1e-10)
+
+
+def test_sample_has_the_marginal_moments(model):
+    xs, zs = model.sample(200_000, generator=torch.Generator().manual_seed(3))
+    m = model.marginal()
+    assert torch.allclose(xs.mean(0), m.mean, atol=0.02)
+    assert torch.allclose(torch.cov(xs.T), m.covariance_matrix, atol=0.03)
+    assert torch.allclose(zs.mean(0), torch.zeros(2, dtype=torch.float64), atol=0.01)
+
+
+def test_elbo_is_below_log_p_for_random_q(model, x):
+    torch.manual_seed(4)
+    exact = model.log_marginal(x)
+    for shift, scale in [(0.7, 1.5), (-0.3, 0.5), (0.0, 2.0)]:
+        est = elbo(x, model.log_joint, off_posterior(model, x, shift, scale), n_samples=4000)
+        assert torch.all(est.estimate <= exact + 4 * est.stderr)
+        assert torch.all(est.estimate < exact)  # strictly: these q are far from the posterior
+
+
+def test_elbo_equals_log_p_at_the_exact_posterior(model, x):
+    torch.manual_seed(5)
+    est = elbo(x, model.log_joint, model.posterior(x), n_samples=10)
+    assert torch.allclose(est.estimate, model.log_marginal(x), atol=1e-9)
+    assert torch.all(est.stderr < 1e-9)  # every sample gives log p(x): zero variance
+
+
+def test_gap_equals_kl_to_the_posterior(model, x):
+    torch.manual_seed(6)
+    q = off_posterior(model, x)
+    est = elbo(x, model.log_joint, q, n_samples=20_000)
+    post = model.posterior(x)
+    q_mvn = td.MultivariateNormal(q.mean, covariance_matrix=torch.diag_embed(q.variance))
+    kl = td.kl_divergence(q_mvn, post)
+    gap = model.log_marginal(x) - est.estimate
+    assert torch.all((gap - kl).abs() < 4 * est.stderr + 1e-12)
+
+
+def test_iwae_is_non_decreasing_in_k_and_converges(model, x):
+    torch.manual_seed(7)
+    q = off_posterior(model, x)
+    exact = model.log_marginal(x)
+    means = []
+    for k in [1, 4, 16, 64]:
+        est = iwae_bound(x, model.log_joint, q, k, n_estimates=400)
+        means.append(est)
+        assert torch.all(est.estimate <= exact + 4 * est.stderr)
+    for a, b in zip(means, means[1:], strict=False):
+        assert torch.all(b.estimate >= a.estimate - 3 * (a.stderr + b.stderr))
+    assert torch.all(means[-1].estimate > means[0].estimate)  # k = 64 is clearly tighter than the ELBO
+    big = iwae_bound(x, model.log_joint, q, 5000, n_estimates=20)
+    assert torch.all((big.estimate - exact).abs() < 4 * big.stderr + 0.01)
+
+
+def test_iwae_with_k_1_is_the_elbo_in_distribution(model, x):
+    q = off_posterior(model, x)
+    torch.manual_seed(8)
+    a = iwae_bound(x, model.log_joint, q, 1, n_estimates=4000)
+    torch.manual_seed(8)
+    b = elbo(x, model.log_joint, q, n_samples=4000)
+    assert torch.allclose(a.estimate, b.estimate, atol=1e-12)
+
+
+def test_gradients_flow_through_the_samples(model, x):
+    mu = model.posterior(x).mean.clone().requires_grad_(True)
+    q = td.Independent(td.Normal(mu, torch.ones_like(mu)), 1)
+    est = elbo(x, model.log_joint, q, n_samples=8)
+    est.estimate.sum().backward()
+    assert mu.grad is not None and torch.isfinite(mu.grad).all() and mu.grad.abs().sum() > 0
+
+
+def test_bad_input_is_a_clear_error(model, x):
+    q = model.posterior(x)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        iwae_bound(x, model.log_joint, q, 0)
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        elbo(x, model.log_joint, q, n_samples=0)
+    with pytest.raises(ValueError, match=r"batch shape \(4,\)"):
+        elbo(x[:4], model.log_joint, q)
+    with pytest.raises(ValueError, match="log_joint"):
+        elbo(x, lambda x, z: z.sum(), q)
+    with pytest.raises(TypeError, match="rsample"):
+        elbo(x, model.log_joint, "q")
+    with pytest.raises(TypeError, match="reparameterized"):
+        elbo(x, model.log_joint, td.Categorical(logits=torch.zeros(5, 3)))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 4\)"):
+        model.log_marginal(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="noise_var"):
+        LinearGaussianModel(model.W, noise_var=-1.0)
+    with pytest.raises(ValueError, match="b must have shape"):
+        LinearGaussianModel(model.W, b=torch.zeros(3, dtype=torch.float64))
