@@ -6,8 +6,11 @@ For a latent variable model with joint ``log p(x, z)`` and any distribution ``q(
 - :func:`elbo` estimates ``E_q[log p(x, z) - log q(z | x)]`` (Eq. ``elbo-def``) per data point;
 - :func:`iwae_bound` estimates ``E[log (1/k) sum_i p(x, z_i) / q(z_i | x)]`` (Eq. ``iwae-bound``),
   which grows with ``k`` towards ``log p(x)``;
-- :class:`LinearGaussianModel` (probabilistic PCA / factor analysis) has an exact ``log p(x)`` and an
-  exact Gaussian posterior, so every identity of the chapter can be checked to round-off.
+- :class:`LinearGaussianModel` (probabilistic PCA / factor analysis) has an exact ``log p(x)``, an
+  exact Gaussian posterior, and a closed-form ELBO for any Gaussian ``q``, so every identity of the
+  chapter can be checked to round-off;
+- :class:`GaussianEncoder`, :func:`fit_encoder` and :func:`inference_gaps` do amortized inference
+  and split what it loses into the approximation gap and the amortization gap (Eq. ``gap-split``).
 
 Conventions: ``x`` is ``(N, Dx)``; samples of ``z`` are ``(S, N, Dz)``; ``log_joint(x, z)`` returns
 ``(S, N)``. Estimates are per data point, ``(N,)``, with their standard errors.
@@ -16,9 +19,11 @@ Conventions: ``x`` is ``(N, Dx)``; samples of ``z`` are ``(S, N, Dz)``; ``log_jo
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import distributions as td
+from torch import nn
 
 from coursepkg import probability as P
 from coursepkg.probability import MonteCarloEstimate
@@ -162,6 +167,41 @@ class LinearGaussianModel:
                                                 self._eye(), torch.diag(self.noise_var))
         return td.MultivariateNormal(mean, covariance_matrix=cov.expand(x.shape[0], self.z_dim, self.z_dim))
 
+    def posterior_precision(self) -> torch.Tensor:
+        """``Lambda = I + W^T diag(noise_var)^-1 W`` (Dz, Dz): the posterior's inverse covariance, the same for every x."""
+        return self._eye() + self.W.T @ (self.W / self.noise_var[:, None])
+
+    def mean_field_posterior(self, x: torch.Tensor) -> td.Independent:
+        """The best *diagonal* Gaussian ``q(z | x)``: it maximises the ELBO among factorised Gaussians
+        (Eq. ``mean-field-gaussian``): the exact posterior mean, and variances ``1 / Lambda_jj`` (the
+        inverse of the *diagonal of the precision*, not the diagonal of the covariance)."""
+        mean = self.posterior(x).mean
+        var = 1.0 / torch.diagonal(self.posterior_precision())
+        return td.Independent(td.Normal(mean, var.sqrt().expand_as(mean)), 1)
+
+    def elbo_terms(self, x: torch.Tensor, q) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of the ELBO in closed form for a Gaussian ``q(z | x)`` (Eq. ``elbo-recon-kl``):
+        ``(E_q[log p(x | z)], KL(q(z | x) || p(z)))``, each ``(N,)``.
+
+        ``q`` is a :class:`torch.distributions.MultivariateNormal` or a diagonal Gaussian
+        (``Independent(Normal)``) with batch shape ``(N,)``. With ``m`` and ``S`` its mean and covariance,
+        ``E_q[(x - W z - b)_i^2] = (x - W m - b)_i^2 + (W S W^T)_ii``: no sampling is involved.
+        """
+        x = self._check_x(x)
+        m, S = gaussian_mean_cov(q, x.shape[0], self.z_dim)
+        m, S = m.to(self.W), S.to(self.W)
+        resid = x - m @ self.W.T - self.b                                       # (N, Dx)
+        spread = torch.einsum("ij,njk,ik->ni", self.W, S, self.W)                # diag(W S W^T), (N, Dx)
+        recon = -0.5 * (torch.log(2 * math.pi * self.noise_var) + (resid**2 + spread) / self.noise_var).sum(-1)
+        logdet = torch.linalg.slogdet(S)[1]
+        kl = 0.5 * (torch.diagonal(S, dim1=-2, dim2=-1).sum(-1) + (m**2).sum(-1) - self.z_dim - logdet)
+        return recon, kl
+
+    def exact_elbo(self, x: torch.Tensor, q) -> torch.Tensor:
+        """The ELBO of a Gaussian ``q`` in closed form, reconstruction minus prior matching, ``(N,)``."""
+        recon, kl = self.elbo_terms(x, q)
+        return recon - kl
+
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Ancestral samples ``(x (n, Dx), z (n, Dz))``."""
         _check_count("n", n)
@@ -169,3 +209,127 @@ class LinearGaussianModel:
         z = torch.randn(n, self.z_dim, **opts)
         x = z @ self.W.T + self.b + self.noise_var.sqrt() * torch.randn(n, self.x_dim, **opts)
         return x, z
+
+
+def gaussian_mean_cov(q, n: int | None = None, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(N, D)`` and covariance ``(N, D, D)`` of a Gaussian ``q``: a ``MultivariateNormal`` or an
+    ``Independent(Normal, 1)``; ``n`` and ``dim``, when given, are the batch size and dimension it must have."""
+    if isinstance(q, td.MultivariateNormal):
+        m, S = q.mean, q.covariance_matrix
+    elif isinstance(q, td.Independent) and isinstance(q.base_dist, td.Normal) and q.reinterpreted_batch_ndims == 1:
+        m, S = q.mean, torch.diag_embed(q.variance)
+    else:
+        raise TypeError(f"q must be a MultivariateNormal or an Independent(Normal, 1), got {type(q).__name__}")
+    if m.dim() != 2 or (n is not None and m.shape[0] != n) or (dim is not None and m.shape[1] != dim):
+        raise ValueError(f"q must have batch shape ({n},) and event shape ({dim},); "
+                         f"got batch shape {tuple(q.batch_shape)} and event shape {tuple(q.event_shape)}")
+    return m, S.expand(m.shape[0], m.shape[1], m.shape[1])
+
+
+def gaussian_kl(q, p) -> torch.Tensor:
+    """``KL(q || p)`` between two batches of Gaussians (diagonal or full covariance), ``(N,)``
+    (chapter 01, the multivariate form of Eq. ``kl-diag-gaussians``)."""
+    mq, Sq = gaussian_mean_cov(q)
+    mp, Sp = gaussian_mean_cov(p, mq.shape[0], mq.shape[1])
+    return td.kl_divergence(td.MultivariateNormal(mq, covariance_matrix=Sq),
+                            td.MultivariateNormal(mp.to(mq), covariance_matrix=Sp.to(mq)))
+
+
+# --------------------------------------------------------------------------------------------------
+# amortized inference
+# --------------------------------------------------------------------------------------------------
+class GaussianEncoder(nn.Module):
+    """An inference network ``x -> q(z | x) = N(mu(x), diag exp(logvar(x)))`` (Eq. ``amortized-q``).
+
+    ``hidden=()`` makes ``mu`` and ``logvar`` affine in ``x``; ``hidden=(64, 64)`` puts an MLP with
+    those widths (and SiLU activations) in between. ``bottleneck=r`` first squeezes ``x`` through ``r``
+    linear features: an encoder that cannot see all of ``x``, for the amortization-gap experiment.
+    """
+
+    def __init__(self, x_dim: int, z_dim: int, hidden: tuple[int, ...] = (), bottleneck: int | None = None):
+        super().__init__()
+        for name, v in (("x_dim", x_dim), ("z_dim", z_dim), *((f"hidden[{i}]", h) for i, h in enumerate(hidden))):
+            _check_count(name, v)
+        layers: list[nn.Module] = []
+        width = x_dim
+        if bottleneck is not None:
+            layers.append(nn.Linear(x_dim, _check_count("bottleneck", bottleneck), bias=False))
+            width = bottleneck
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.SiLU()]
+            width = h
+        layers.append(nn.Linear(width, 2 * z_dim))
+        self.net = nn.Sequential(*layers)
+        self.x_dim, self.z_dim = x_dim, z_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)``, each ``(N, Dz)``."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.x_dim:
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (N, {self.x_dim}), got {got}")
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def q(self, x: torch.Tensor) -> td.Independent:
+        """``q(z | x)`` as a torch distribution with batch shape ``(N,)``."""
+        mu, logvar = self(x)
+        return td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+def fit_encoder(encoder: GaussianEncoder, x: torch.Tensor, log_joint, *, steps: int = 2000, lr: float = 1e-2,
+                batch_size: int | None = 256, n_samples: int = 1, seed: int = 0) -> list[float]:
+    """Train ``encoder`` to maximise the mean Monte Carlo ELBO :func:`elbo` of the data ``x`` under a
+    fixed model ``log_joint`` with Adam (amortized variational inference, Eq. ``amortized-objective``).
+
+    The model's parameters are not touched. Returns the history of the minibatch ELBO, one value a step.
+    """
+    _check_count("steps", steps)
+    _check_count("n_samples", n_samples)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    param = next(encoder.parameters())
+    x = x.to(param)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    opt = torch.optim.Adam(encoder.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        if batch_size is None or batch_size >= x.shape[0]:
+            xb = x
+        else:
+            xb = x[torch.randint(x.shape[0], (batch_size,), device=x.device, generator=gen)]
+        loss = -elbo(xb, log_joint, encoder.q(xb), n_samples).estimate.mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the ELBO became {loss.item()} at step {len(history)}; lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(-loss.item())
+    return history
+
+
+class InferenceGaps(NamedTuple):
+    """Exact per-point quantities of Eq. ``gap-split``, each ``(N,)``.
+
+    ``log_px - elbo_amortized = approximation_gap + amortization_gap``: the first is what the family of
+    diagonal Gaussians loses at its best, the second what one shared network loses on top of it.
+    """
+
+    log_px: torch.Tensor
+    elbo_best: torch.Tensor
+    elbo_amortized: torch.Tensor
+
+    @property
+    def approximation_gap(self) -> torch.Tensor:
+        return self.log_px - self.elbo_best
+
+    @property
+    def amortization_gap(self) -> torch.Tensor:
+        return self.elbo_best - self.elbo_amortized
+
+
+def inference_gaps(model: LinearGaussianModel, x: torch.Tensor, encoder: GaussianEncoder) -> InferenceGaps:
+    """Exact ``log p(x)``, the best diagonal-Gaussian ELBO and the encoder's ELBO on ``x`` (no sampling)."""
+    with torch.no_grad():
+        q_enc = encoder.q(x.to(next(encoder.parameters())))
+        return InferenceGaps(model.log_marginal(x), model.exact_elbo(x, model.mean_field_posterior(x)),
+                             model.exact_elbo(x, q_enc))
