@@ -168,7 +168,7 @@ class LinearGaussianModel:
         return td.MultivariateNormal(mean, covariance_matrix=cov.expand(x.shape[0], self.z_dim, self.z_dim))
 
     def posterior_precision(self) -> torch.Tensor:
-        """``Lambda = I + W^T diag(noise_var)^-1 W`` (Dz, Dz): the posterior's inverse covariance, the same for every x."""
+        """``Lambda = I + W^T diag(noise_var)^-1 W``, ``(Dz, Dz)``: the posterior's inverse covariance (any x)."""
         return self._eye() + self.W.T @ (self.W / self.noise_var[:, None])
 
     def mean_field_posterior(self, x: torch.Tensor) -> td.Independent:

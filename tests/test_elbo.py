@@ -6,7 +6,17 @@ import pytest
 import torch
 from torch import distributions as td
 
-from coursepkg.elbo import LinearGaussianModel, elbo, iwae_bound
+from coursepkg.elbo import (
+    GaussianEncoder,
+    LinearGaussianModel,
+    elbo,
+    fit_encoder,
+    gaussian_kl,
+    gaussian_mean_cov,
+    inference_gaps,
+    iwae_bound,
+)
+from coursepkg.probability import mean_and_stderr
 
 
 @pytest.fixture
@@ -130,3 +140,84 @@ def test_bad_input_is_a_clear_error(model, x):
         LinearGaussianModel(model.W, noise_var=-1.0)
     with pytest.raises(ValueError, match="b must have shape"):
         LinearGaussianModel(model.W, b=torch.zeros(3, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------ closed forms of the chapter
+
+
+def test_closed_form_terms_match_monte_carlo(model, x):
+    torch.manual_seed(9)
+    q = off_posterior(model, x)
+    recon, kl = model.elbo_terms(x, q)
+    z = q.sample((40_000,))
+    recon_mc = mean_and_stderr(model.log_likelihood(x, z))
+    assert torch.all((recon - recon_mc.estimate).abs() < 4 * recon_mc.stderr)
+    kl_ref = td.kl_divergence(q.base_dist, td.Normal(torch.zeros_like(q.mean), torch.ones_like(q.mean))).sum(-1)
+    assert torch.allclose(kl, kl_ref, atol=1e-12)
+    # full covariance q: the posterior itself, where the ELBO is log p(x) exactly
+    assert torch.allclose(model.exact_elbo(x, model.posterior(x)), model.log_marginal(x), atol=1e-10)
+
+
+def test_exact_gap_is_the_kl_for_diagonal_and_full_q(model, x):
+    post = model.posterior(x)
+    A = torch.randn(5, 2, 2, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    cov = A @ A.mT + 0.1 * torch.eye(2, dtype=torch.float64)
+    q_full = td.MultivariateNormal(post.mean - 0.4, covariance_matrix=cov)
+    for q in (off_posterior(model, x), q_full):
+        gap = model.log_marginal(x) - model.exact_elbo(x, q)
+        assert torch.allclose(gap, gaussian_kl(q, post), atol=1e-10)
+        assert torch.all(gap > 0)
+
+
+def test_mean_field_posterior_is_the_best_diagonal_gaussian(model, x):
+    q = model.mean_field_posterior(x)
+    best = model.exact_elbo(x, q)
+    # the ELBO is stationary there: its gradient in (mean, log-std) vanishes
+    mean = q.mean.clone().requires_grad_(True)
+    log_std = q.stddev.log().clone().requires_grad_(True)
+    model.exact_elbo(x, td.Independent(td.Normal(mean, log_std.exp()), 1)).sum().backward()
+    assert mean.grad.abs().max() < 1e-10 and log_std.grad.abs().max() < 1e-10
+    for d_mean, f_std in [(0.05, 1.0), (0.0, 0.9), (0.0, 1.1), (-0.02, 1.05)]:
+        other = td.Independent(td.Normal(q.mean + d_mean, q.stddev * f_std), 1)
+        assert torch.all(model.exact_elbo(x, other) < best)
+    # under-dispersed: each variance is at most the posterior's marginal variance
+    marg = model.posterior(x).covariance_matrix[0].diagonal()
+    assert torch.all(q.variance[0] <= marg + 1e-12)
+    assert torch.all(model.log_marginal(x) - best > 0)  # this posterior is correlated: the gap is positive
+
+
+def test_gaussian_mean_cov_and_kl_errors(model, x):
+    with pytest.raises(TypeError, match="MultivariateNormal or an Independent"):
+        gaussian_mean_cov(td.Normal(torch.zeros(3), torch.ones(3)))
+    with pytest.raises(ValueError, match=r"batch shape \(5,\)"):
+        model.elbo_terms(x, off_posterior(model, x[:3]))
+
+
+def test_linear_encoder_closes_the_amortization_gap_and_a_bottleneck_does_not(model):
+    xs, _ = model.sample(400, generator=torch.Generator().manual_seed(11))
+    torch.manual_seed(12)
+    enc = GaussianEncoder(4, 2).double()
+    before = inference_gaps(model, xs, enc)
+    hist = fit_encoder(enc, xs, model.log_joint, steps=600, lr=2e-2, batch_size=128, seed=0)
+    after = inference_gaps(model, xs, enc)
+    assert len(hist) == 600 and sum(hist[-50:]) / 50 > sum(hist[:50]) / 50
+    assert after.amortization_gap.mean() < 0.05 * before.amortization_gap.mean()
+    assert after.amortization_gap.mean() < 0.1
+    assert torch.all(after.amortization_gap > -1e-10)  # the mean-field q is the best diagonal one
+    assert torch.allclose(after.approximation_gap + after.amortization_gap, after.log_px - after.elbo_amortized)
+    narrow = GaussianEncoder(4, 2, bottleneck=1).double()
+    fit_encoder(narrow, xs, model.log_joint, steps=600, lr=2e-2, batch_size=128, seed=0)
+    assert inference_gaps(model, xs, narrow).amortization_gap.mean() > 5 * after.amortization_gap.mean() + 0.05
+
+
+def test_encoder_bad_input():
+    enc = GaussianEncoder(3, 2, hidden=(8,))
+    mu, logvar = enc(torch.zeros(4, 3))
+    assert mu.shape == logvar.shape == (4, 2)
+    assert enc.q(torch.zeros(4, 3)).batch_shape == (4,)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 3\)"):
+        enc(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="z_dim must be a positive int"):
+        GaussianEncoder(3, 0)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        fit_encoder(enc, torch.zeros(4, 3), lambda x, z: z.sum(-1), lr=0)
