@@ -140,10 +140,21 @@ class LinearGaussianModel:
         return td.MultivariateNormal(mean, covariance_matrix=cov)
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
-        """The exact ``log p(x)``, ``(N,)``."""
-        x = self._check_x(x)
-        d = self.marginal()
-        return P.mvn_log_prob(x, d.mean, d.covariance_matrix)
+        """The exact ``log p(x) = log N(x; b, W W^T + Psi)``, ``(N,)`` (Eq. ``linear-gaussian-marginal``).
+
+        With ``Psi = diag(noise_var)``, ``r = x - b`` and the posterior precision
+        ``Lambda = I + W^T Psi^-1 W``, the matrix determinant lemma and the Woodbury identity give
+        ``log det(W W^T + Psi) = log det Psi + log det Lambda`` and
+        ``r^T (W W^T + Psi)^-1 r = r^T Psi^-1 r - u^T Lambda^-1 u`` with ``u = W^T Psi^-1 r``:
+        ``O(N Dx Dz)`` work, and the ``(Dx, Dx)`` covariance is never formed.
+        """
+        r = self._check_x(x) - self.b
+        L = torch.linalg.cholesky(self.posterior_precision())
+        u = (r / self.noise_var) @ self.W                                        # (N, Dz)
+        v = torch.linalg.solve_triangular(L, u.T, upper=False)                  # L^-1 u, (Dz, N)
+        quad = (r**2 / self.noise_var).sum(-1) - (v**2).sum(0)
+        logdet = torch.log(self.noise_var).sum() + 2 * torch.log(torch.diagonal(L)).sum()
+        return -0.5 * (self.x_dim * math.log(2 * math.pi) + logdet + quad)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``log p(x | z)``: ``x`` (N, Dx), ``z`` (..., N, Dz) -> (..., N)."""
@@ -160,12 +171,14 @@ class LinearGaussianModel:
         return log_lik + P.gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
 
     def posterior(self, x: torch.Tensor) -> td.MultivariateNormal:
-        """The exact posterior ``p(z | x)``, one Gaussian per data point (batch shape ``(N,)``)."""
-        x = self._check_x(x)
-        mean, cov = P.linear_gaussian_posterior(x, self.W, self.b,
-                                                torch.zeros(self.z_dim, dtype=self.W.dtype, device=self.W.device),
-                                                self._eye(), torch.diag(self.noise_var))
-        return td.MultivariateNormal(mean, covariance_matrix=cov.expand(x.shape[0], self.z_dim, self.z_dim))
+        """The exact posterior ``p(z | x) = N(Lambda^-1 W^T Psi^-1 (x - b), Lambda^-1)``, one Gaussian per data
+        point (batch shape ``(N,)``), with ``Lambda`` the :meth:`posterior_precision`
+        (Eq. ``linear-gaussian-posterior`` with a standard normal prior)."""
+        r = self._check_x(x) - self.b
+        L = torch.linalg.cholesky(self.posterior_precision())
+        cov = torch.cholesky_inverse(L)
+        mean = torch.cholesky_solve(((r / self.noise_var) @ self.W).T, L).T      # (N, Dz)
+        return td.MultivariateNormal(mean, scale_tril=torch.linalg.cholesky(cov).expand(x.shape[0], -1, -1))
 
     def posterior_precision(self) -> torch.Tensor:
         """``Lambda = I + W^T diag(noise_var)^-1 W``, ``(Dz, Dz)``: the posterior's inverse covariance (any x)."""
