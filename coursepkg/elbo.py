@@ -125,7 +125,13 @@ class LinearGaussianModel:
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.x_dim:
             got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (N, {self.x_dim}), got {got}")
+        self._check_dtype("x", x)
         return x
+
+    def _check_dtype(self, name: str, t: torch.Tensor) -> None:
+        if t.dtype != self.W.dtype or t.device != self.W.device:
+            raise ValueError(f"{name} is {t.dtype} on {t.device} but the model is {self.W.dtype} on {self.W.device}; "
+                             f"convert one of them (e.g. {name}.to(model.W))")
 
     @property
     def prior(self) -> td.MultivariateNormal:
@@ -163,6 +169,7 @@ class LinearGaussianModel:
             got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must have shape (..., {x.shape[0]}, {self.z_dim}) for x of shape {list(x.shape)}; "
                              f"got {got}")
+        self._check_dtype("z", z)
         return P.gaussian_log_prob(x, z @ self.W.T + self.b, torch.log(self.noise_var))
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -294,7 +301,9 @@ def fit_encoder(encoder: GaussianEncoder, x: torch.Tensor, log_joint, *, steps: 
     """Train ``encoder`` to maximise the mean Monte Carlo ELBO :func:`elbo` of the data ``x`` under a
     fixed model ``log_joint`` with Adam (amortized variational inference, Eq. ``amortized-objective``).
 
-    The model's parameters are not touched. Returns the history of the minibatch ELBO, one value a step.
+    The model's parameters are not touched. ``seed`` fixes the order of the minibatches; the
+    reparameterization noise comes from torch's global generator (seed it with
+    :func:`coursepkg.config.seed_everything`). Returns the history of the minibatch ELBO, one value a step.
     """
     _check_count("steps", steps)
     _check_count("n_samples", n_samples)

@@ -136,6 +136,10 @@ def test_bad_input_is_a_clear_error(model, x):
         elbo(x, model.log_joint, td.Categorical(logits=torch.zeros(5, 3)))
     with pytest.raises(ValueError, match=r"x must have shape \(N, 4\)"):
         model.log_marginal(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x is torch.float32 .* but the model is torch.float64"):
+        model.log_marginal(x.float())
+    with pytest.raises(ValueError, match="z is torch.float32"):
+        elbo(x, model.log_joint, td.Independent(td.Normal(torch.zeros(5, 2), torch.ones(5, 2)), 1))
     with pytest.raises(ValueError, match="noise_var"):
         LinearGaussianModel(model.W, noise_var=-1.0)
     with pytest.raises(ValueError, match="b must have shape"):
