@@ -1,0 +1,286 @@
+r"""Chapter 05: the variational autoencoder.
+
+The model and its inference network:
+
+- prior :math:`p(z) = \mathcal N(0, I)`, ``z`` of dimension ``latent_dim``;
+- decoder :math:`p_\theta(x \mid z)`: ``"bernoulli"``, independent pixels with logits ``decoder(z)``, or
+  ``"gaussian"``, :math:`\mathcal N(x;\ \mathrm{decoder}(z),\ \sigma^2 I)` with a fixed (or learned) ``sigma2``;
+- encoder :math:`q_\phi(z \mid x) = \mathcal N(\mu_\phi(x), \operatorname{diag}\sigma_\phi^2(x))`, the
+  encoder network returning ``(mu, logvar)``.
+
+Training minimises the negative ELBO per data point (Eq. ``vae-loss``), with one reparameterized sample
+:math:`z = \mu + \sigma \odot \varepsilon` (Eq. ``reparam``) and the KL term in closed form (Eq. ``kl-std-normal``):
+
+.. math:: -\mathrm{ELBO}(x) = -\log p_\theta(x \mid z) + \mathrm{KL}\big(q_\phi(z\mid x)\,\|\,\mathcal N(0, I)\big)
+
+Reconstruction terms (summed over the ``D`` pixels):
+
+- Gaussian: :math:`-\log p(x\mid z) = \frac{1}{2\sigma^2}\|x - \hat x\|^2 + \frac D2 \log(2\pi\sigma^2)`, the
+  squared error up to a constant (Eq. ``gaussian-mse``). The lectures' ``F.mse_loss(x_hat, x,
+  reduction="sum") + KLD`` is this loss with ``sigma2 = 0.5``, less the constant ``D/2 log(pi)``; a smaller
+  ``sigma2`` weighs reconstruction more against the KL term, like ``beta = 2 sigma2`` on a plain MSE.
+- Bernoulli: :math:`-\log p(x\mid z)` is the binary cross-entropy of the logits, summed (Eq. ``bernoulli-bce``):
+  ``F.binary_cross_entropy(sigmoid(logits), x, reduction="sum")``, computed stably from the logits.
+
+:meth:`VAE.log_likelihood` estimates :math:`\log p(x)` by importance sampling with ``k`` samples of ``q``
+(Eq. ``iwae-bound``), in chunks so that ``k = 5000`` fits in memory on MNIST.
+
+Shapes: ``x`` is batch-first, ``(N, D)`` for an MLP model, ``(N, C, H, W)`` or flat for a conv one; latents
+are ``(N, latent_dim)``; per-point quantities ``(N,)``; losses are means over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import distributions as td
+from torch import nn
+
+from coursepkg import elbo as E
+from coursepkg import probability as P
+from coursepkg.nn import MLP, ConvDecoder, ConvEncoder, _positive_int
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+IWAE_CHUNK_ELEMENTS = 2**24
+"""How many decoded numbers (``samples x batch x D``) :meth:`VAE.log_likelihood` handles at once."""
+
+
+def _number(name: str, value, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return float(value)
+
+
+class VAE(nn.Module):
+    """A VAE from an ``encoder`` (``x -> (mu, logvar)``, or ``x -> (N, 2 * latent_dim)`` split in two) and a
+    ``decoder`` (``z (N, latent_dim) -> logits or means``, flat ``(N, D)`` or any per-point shape).
+
+    ``likelihood`` is ``"bernoulli"`` (data in [0, 1]; the decoder gives logits) or ``"gaussian"`` (the
+    decoder gives means; ``sigma2`` is the observation variance, a parameter when ``learn_sigma2=True``).
+    :meth:`mlp` and :meth:`conv` build the usual architectures in one line.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: str = "bernoulli",
+                 sigma2: float = 1.0, learn_sigma2: bool = False):
+        super().__init__()
+        for name, net in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(net, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
+        if learn_sigma2 and likelihood != "gaussian":
+            raise ValueError("learn_sigma2 applies to the gaussian likelihood only")
+        self.encoder, self.decoder = encoder, decoder
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.likelihood = likelihood
+        log_sigma2 = torch.tensor(math.log(_number("sigma2", sigma2, positive=True)))
+        if learn_sigma2:
+            self.log_sigma2 = nn.Parameter(log_sigma2)
+        else:
+            self.register_buffer("log_sigma2", log_sigma2)
+
+    @classmethod
+    def mlp(cls, x_dim: int, hidden: int | Sequence[int] = (400,), latent_dim: int = 20, *,
+            likelihood: str = "bernoulli", activation: type[nn.Module] = nn.ReLU, **kwargs) -> VAE:
+        """MLP encoder ``x_dim -> hidden -> 2 latent_dim`` and decoder ``latent_dim -> reversed(hidden) -> x_dim``.
+
+        ``VAE.mlp(784, (400,), 20)`` is the classic MNIST VAE (the PyTorch example: ReLU, one hidden layer
+        of 400 units, 20 latents, Bernoulli likelihood). ``kwargs`` go to :class:`VAE` (``sigma2``,
+        ``learn_sigma2``).
+        """
+        hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        encoder = MLP(x_dim, hidden, 2 * _positive_int("latent_dim", latent_dim), activation)
+        decoder = MLP(latent_dim, hidden[::-1], x_dim, activation)
+        return cls(encoder, decoder, latent_dim, likelihood, **kwargs)
+
+    @classmethod
+    def conv(cls, in_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), *,
+             likelihood: str = "bernoulli", activation: type[nn.Module] = nn.SiLU, **kwargs) -> VAE:
+        """:class:`~coursepkg.nn.ConvEncoder` and its mirror :class:`~coursepkg.nn.ConvDecoder` for images of
+        shape ``in_shape = (C, H, W)``. It takes images ``(N, C, H, W)`` or flat ``(N, C*H*W)``; :meth:`sample`
+        and :meth:`decode` give images ``(N, C, H, W)``."""
+        channels = tuple(channels)
+        encoder = ConvEncoder(in_shape, 2 * _positive_int("latent_dim", latent_dim), channels, activation)
+        decoder = ConvDecoder(latent_dim, in_shape, channels[::-1], activation)
+        return cls(encoder, decoder, latent_dim, likelihood, **kwargs)
+
+    def extra_repr(self) -> str:
+        sigma = f", sigma2={self.sigma2.item():.4g}" if self.likelihood == "gaussian" else ""
+        return f"latent_dim={self.latent_dim}, likelihood={self.likelihood!r}{sigma}"
+
+    @property
+    def sigma2(self) -> torch.Tensor:
+        """The Gaussian likelihood's variance ``exp(log_sigma2)`` (a scalar tensor)."""
+        return self.log_sigma2.exp()
+
+    # ----------------------------------------------------------------------------------------------
+    # the three pieces
+    # ----------------------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The parameters of :math:`q(z\mid x)`: ``(mu, logvar)``, each ``(N, latent_dim)`` (Eq. ``amortized-q``)."""
+        x = self._check_x(x)
+        out = self.encoder(x)
+        if isinstance(out, torch.Tensor):
+            if out.dim() != 2 or out.shape[1] != 2 * self.latent_dim:
+                raise ValueError(f"the encoder must return (N, 2 * latent_dim) = (N, {2 * self.latent_dim}) numbers "
+                                 f"or a pair (mu, logvar); got shape {list(out.shape)}")
+            mu, logvar = out.chunk(2, dim=1)
+        else:
+            mu, logvar = out
+        for name, t in (("mu", mu), ("logvar", logvar)):
+            if tuple(t.shape) != (x.shape[0], self.latent_dim):
+                raise ValueError(f"the encoder's {name} must have shape ({x.shape[0]}, {self.latent_dim}), "
+                                 f"got {list(t.shape)}")
+        return mu, logvar
+
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None, *,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        r""":math:`z = \mu + \exp(\tfrac12 \log\sigma^2) \odot \varepsilon` (Eq. ``reparam``).
+
+        Uses :func:`coursepkg.probability.reparameterize`; ``eps`` fixes the noise."""
+        return P.reparameterize(mu, logvar, eps, generator=generator)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's output for latents ``z (..., latent_dim)``: logits (Bernoulli) or means (Gaussian),
+        shape ``(..., *decoder output shape)``; leading sample dimensions are folded into the batch."""
+        if not isinstance(z, torch.Tensor) or z.dim() < 1 or z.shape[-1] != self.latent_dim:
+            got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must have shape (..., {self.latent_dim}), got {got}")
+        out = self.decoder(z.reshape(-1, self.latent_dim))
+        return out.reshape(*z.shape[:-1], *out.shape[1:])
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        r"""The mean of :math:`p(x\mid z)` from the decoder's output: ``sigmoid(logits)`` or the Gaussian mean."""
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def recon_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(x\mid z)`, summed over the ``D`` pixels (Eqs. ``gaussian-mse`` and ``bernoulli-bce``).
+
+        ``x`` is ``(N, ...)`` (flat or image, as long as it holds the ``D`` numbers the decoder gives per
+        point); ``z`` is ``(N, latent_dim)`` or ``(S, N, latent_dim)``; returns ``(N,)`` or ``(S, N)``.
+        """
+        x = self._check_x(x)
+        xf = x.reshape(x.shape[0], -1)
+        out = self.decode(z)
+        of = out.reshape(*z.shape[:-1], -1)
+        if z.dim() < 2 or z.shape[-2] != xf.shape[0] or of.shape[-1] != xf.shape[-1]:
+            raise ValueError(f"x {list(x.shape)} and z {list(z.shape)} do not match: z must be (N, latent_dim) or "
+                             f"(S, N, latent_dim) with N = {xf.shape[0]}, and the decoder must give as many numbers "
+                             f"per point as x has ({xf.shape[-1]}); it gives {of.shape[-1]} ({list(out.shape)})")
+        if self.likelihood == "bernoulli":
+            return P.bernoulli_log_prob(xf, of)
+        return P.gaussian_log_prob(xf, of, self.log_sigma2)
+
+    # ----------------------------------------------------------------------------------------------
+    # the objective
+    # ----------------------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0,
+             eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        r"""The negative ELBO averaged over the batch, with one reparameterized sample (Eq. ``vae-loss``).
+
+        Returns a dict of scalars: ``loss``, what to minimise; ``recon``, the mean of
+        :math:`-\log p(x\mid z)`; ``kl``, the mean of :math:`\mathrm{KL}(q(z\mid x)\,\|\,\mathcal N(0, I))`
+        in closed form (Eq. ``kl-std-normal``). With the defaults ``loss = recon + kl``, the negative ELBO.
+
+        - ``beta`` weighs the KL term, ``loss = recon + beta * kl``: the beta-VAE (``beta > 1``), and KL
+          annealing (``beta`` grown from 0 to 1 over the first steps).
+        - ``free_bits = lambda > 0`` (nats per latent dimension) replaces the KL term by
+          :math:`\sum_j \max(\lambda, \overline{\mathrm{KL}}_j)`, with :math:`\overline{\mathrm{KL}}_j` the KL
+          of latent ``j`` averaged over the batch (Kingma et al., 2016): no gradient pushes a latent below
+          ``lambda`` nats, against posterior collapse. ``kl`` still reports the true KL.
+        - ``eps`` ``(N, latent_dim)`` fixes the noise of the sample (tests, figures).
+        """
+        beta = _number("beta", beta)
+        free_bits = _number("free_bits", free_bits)
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, eps)
+        recon = -self.recon_log_prob(x, z)                                  # (N,)
+        kl_dims = P.kl_standard_normal(mu.unsqueeze(-1), logvar.unsqueeze(-1))           # (N, latent_dim)
+        kl = kl_dims.sum(-1)                                                              # (N,)
+        kl_term = kl_dims.mean(0).clamp(min=free_bits).sum() if free_bits > 0 else kl.mean()
+        recon_mean = recon.mean()
+        return {"loss": recon_mean + beta * kl_term, "recon": recon_mean, "kl": kl.mean()}
+
+    def elbo(self, x: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
+        r"""The ELBO per data point, ``(N,)``: the mean of :math:`\log p(x\mid z_s)` over ``n_samples``
+        reparameterized samples, minus the KL in closed form (Eq. ``elbo-recon-kl``). Differentiable."""
+        n_samples = _positive_int("n_samples", n_samples)
+        mu, logvar = self.encode(x)
+        eps = torch.randn(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device)
+        z = self.reparameterize(mu, logvar, eps)                                          # (S, N, latent_dim)
+        return self.recon_log_prob(x, z).mean(0) - P.kl_standard_normal(mu, logvar)
+
+    def q(self, x: torch.Tensor) -> td.Independent:
+        r""":math:`q(z\mid x)` as a torch distribution with batch shape ``(N,)``, for :mod:`coursepkg.elbo`."""
+        mu, logvar = self.encode(x)
+        return td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(x, z) = \log p(x\mid z) + \log \mathcal N(z; 0, I)`: ``x`` ``(N, ...)``, ``z``
+        ``(S, N, latent_dim)`` -> ``(S, N)``; the ``log_joint`` of :func:`coursepkg.elbo.elbo` and
+        :func:`coursepkg.elbo.iwae_bound`."""
+        log_prior = P.gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+        return self.recon_log_prob(x, z) + log_prior
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, k: int = 1000, *, chunk_size: int | None = None) -> torch.Tensor:
+        r"""Importance-sampled estimate of :math:`\log p(x)` per data point, ``(N,)`` (Eq. ``iwae-bound``):
+
+        .. math:: \log \frac1k \sum_{i=1}^k \frac{p(x, z_i)}{q(z_i\mid x)},\qquad z_i \sim q(z\mid x),
+
+        a lower bound in expectation that tightens as ``k`` grows (``k = 1`` is the ELBO, with a sampled KL).
+        The ``k`` samples are drawn ``chunk_size`` at a time (default: about ``2**24`` decoded numbers a
+        chunk), each chunk a :func:`coursepkg.elbo.iwae_bound`, combined by log-sum-exp. Not differentiable.
+        """
+        k = _positive_int("k", k)
+        x = self._check_x(x)
+        n, d = x.shape[0], x[0].numel()
+        chunk = chunk_size if chunk_size is not None else max(1, IWAE_CHUNK_ELEMENTS // (n * d))
+        chunk = min(_positive_int("chunk_size", chunk), k)
+        q = self.q(x)
+        parts, done = [], 0
+        while done < k:
+            s = min(chunk, k - done)
+            parts.append(E.iwae_bound(x, self.log_joint, q, s).estimate + math.log(s))  # log sum_i w_i of the chunk
+            done += s
+        return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
+
+    # ----------------------------------------------------------------------------------------------
+    # generation
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""``n`` new data points from the prior: :math:`z \sim \mathcal N(0, I)`, then the mean of
+        :math:`p(x\mid z)` (pixel probabilities or Gaussian means; ``mean=True``, what is usually shown) or a
+        draw from it (``mean=False``: binary pixels, or the mean plus ``N(0, sigma2)`` noise). The shape is
+        the decoder's output, ``(n, D)`` or ``(n, C, H, W)``. ``generator`` makes it repeatable."""
+        n = _positive_int("n", n)
+        ref = next(self.parameters())
+        where = generator.device if generator is not None else ref.device
+
+        def draw(fn, shape):  # on the generator's device, then onto the model's
+            return fn(shape, generator=generator, dtype=ref.dtype, device=where).to(ref.device)
+
+        m = self.mean(self.decode(draw(torch.randn, (n, self.latent_dim))))
+        if mean:
+            return m
+        if self.likelihood == "bernoulli":
+            return (draw(torch.rand, m.shape) < m).to(m.dtype)
+        return m + self.sigma2.sqrt() * draw(torch.randn, m.shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, *, sample_z: bool = False) -> torch.Tensor:
+        r"""The mean of :math:`p(x\mid z)` at the posterior mean :math:`z = \mu(x)` (or, ``sample_z=True``,
+        at a sample of :math:`q(z\mid x)`): the VAE's reconstruction of ``x``, in the decoder's shape."""
+        mu, logvar = self.encode(x)
+        return self.mean(self.decode(self.reparameterize(mu, logvar) if sample_z else mu))
+
+    # ----------------------------------------------------------------------------------------------
+    def _check_x(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+            got = f"shape {list(x.shape)}, dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a floating-point batch (N, D) or (N, C, H, W), got {got}")
+        return x
