@@ -211,6 +211,18 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float, equal_nan:
         return False
 
 
+def require_tensor(got: Any, what: str = "your result") -> torch.Tensor:
+    """Fail unless ``got`` is a tensor, with a message for the usual slips (no ``return``, numpy, a float)."""
+    if got is None:
+        raise CheckFailure(f"{what} is None: did you forget a `return`?")
+    if not isinstance(got, torch.Tensor):
+        kind = type(got).__name__
+        extra = " (use torch operations, not numpy or math, so the result stays a tensor)" \
+            if kind in ("ndarray", "float", "int", "float64", "float32") else ""
+        raise CheckFailure(f"{what} should be a torch.Tensor, got {kind}{extra}")
+    return got
+
+
 def compare(got: Any, expected: torch.Tensor, *, what: str = "the result", inputs: str = "",
             rtol: float = 1e-4, atol: float = 1e-6,
             mistakes: Sequence[tuple[str, str, torch.Tensor | None]] = ()) -> None:
@@ -221,13 +233,7 @@ def compare(got: Any, expected: torch.Tensor, *, what: str = "the result", input
     a float64 computation returned for float32 input) are recognised too.
     """
     at = f" (for inputs {inputs})" if inputs else ""
-    if got is None:
-        raise CheckFailure(f"{what} is None: did you forget a `return`?")
-    if not isinstance(got, torch.Tensor):
-        kind = type(got).__name__
-        extra = " (use torch operations, not numpy or math, so the result stays a tensor)" \
-            if kind in ("ndarray", "float", "int", "float64", "float32") else ""
-        raise CheckFailure(f"{what} should be a torch.Tensor, got {kind}{extra}")
+    require_tensor(got, what)
     if got.shape != expected.shape:
         hint = ""
         if got.numel() == 1 and expected.numel() > 1:

@@ -17,21 +17,13 @@ from coursepkg.grading import check
 from .helpers import check_fails, check_passes
 
 # torch's own first use of forward-mode AD (coursepkg.estimators) scripts its decompositions, which warns
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 IDS = ["04.score_function", "04.reparam", "04.variance", "04.baseline", "04.gumbel_softmax"]
 
 _ok, _fails = check_passes, check_fails
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The checks work on tiny tensors, for which torch's intra-op threads only add synchronisation:
-    on a busy 2-core machine they made this file three times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 # ---------------------------------------------------------------------------------------------- the solutions

@@ -20,7 +20,6 @@ from coursepkg.estimators import (
 )
 
 # torch's own first use of forward-mode AD scripts its decompositions, which warns on torch >= 2.9
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 ESTIMATORS = {"score": score_function_grad, "reparam": reparam_grad}
 

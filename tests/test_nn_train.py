@@ -16,14 +16,7 @@ from coursepkg.nn import MLP, ConvDecoder, ConvEncoder
 from coursepkg.train import History, TrainingDiverged, fit, load_checkpoint
 from coursepkg.vae import VAE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: on a shared 2-core machine a second intra-op thread only adds contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ from coursepkg.grading import (
     random_cases,
     register,
     require_callable,
+    require_tensor,
 )
 
 F64 = torch.float64
@@ -140,13 +141,7 @@ def _validate(got, shape: tuple[int, ...], case, what: str, inputs: str = "", sh
     """Fail unless ``got`` is a tensor of ``shape`` with the case's dtype and device. ``shape_hints`` is
     a list of ``(shape, hint)``: a wrong shape that is one of them gets that hint."""
     at = f" (for inputs {inputs})" if inputs else ""
-    if got is None:
-        raise CheckFailure(f"{what} is None: did you forget a `return`?")
-    if not isinstance(got, torch.Tensor):
-        kind = type(got).__name__
-        extra = " (use torch operations, not numpy or math, so the result stays a tensor)" \
-            if kind in ("ndarray", "float", "int", "float64", "float32") else ""
-        raise CheckFailure(f"{what} should be a torch.Tensor, got {kind}{extra}")
+    require_tensor(got, what)
     if tuple(got.shape) != tuple(shape):
         hint = next((f": {h}" for s, h in shape_hints if tuple(got.shape) == tuple(s)), "")
         if not hint and got.numel() == 1 and math.prod(shape) > 1:
