@@ -1,4 +1,5 @@
-"""The small networks the book trains (chapters 05-07): an MLP and a conv encoder / decoder pair.
+"""The small networks the book trains (chapters 05-07): an MLP, a conv encoder / decoder pair, and an
+autoregressive decoder.
 
 - :class:`MLP`: ``Linear -> act -> ... -> Linear`` for vectors ``(..., in_dim) -> (..., out_dim)``.
 - :class:`ConvEncoder`: images ``(N, C, H, W)`` -- or the same images flat, ``(N, C*H*W)`` -- to vectors
@@ -7,6 +8,10 @@
 - :class:`ConvDecoder`: its mirror image, vectors ``(N, in_dim)`` to images ``(N, C, H, W)`` (or
   ``(N, C*H*W)`` with ``flat=True``), through one linear layer and stride-2 transposed convolutions
   that grow the image back to exactly ``H x W``.
+- :class:`AutoregressiveDecoder`: a decoder for binary vectors whose logit of pixel ``i`` depends on
+  ``z`` and on the pixels before it, ``x_1 .. x_{i-1}`` (MADE with a direct connection; the fully visible
+  sigmoid belief net when it has no hidden layer), built from :class:`MaskedLinear` layers. Chapter 05
+  uses it to show posterior collapse: it can model the pixels well without ``z``.
 
 Layouts. The data sets of :mod:`coursepkg.data` are flat by default (``(N, H*W)``, for the MLPs) and
 give images with ``flat=False``; the conv encoder takes either, so one data tensor serves both kinds of
@@ -165,3 +170,99 @@ class ConvDecoder(nn.Module):
             raise ValueError(f"z must have shape (N, {self.in_dim}), got {got}")
         x = self.deconv(self.head(z).reshape(-1, *self.start))
         return x.flatten(1) if self.flat else x
+
+
+# --------------------------------------------------------------------------------------------------
+# an autoregressive decoder
+# --------------------------------------------------------------------------------------------------
+class MaskedLinear(nn.Linear):
+    """A linear layer with a fixed 0/1 connectivity ``mask`` of shape ``(out_features, in_features)``:
+    ``y = x (mask * W)^T + b``. Masked weights get no gradient and never act; the mask is a buffer (it moves
+    with the module, and is saved in its ``state_dict``)."""
+
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor, bias: bool = True):
+        super().__init__(_positive_int("in_features", in_features), _positive_int("out_features", out_features),
+                         bias=bias)
+        mask = torch.as_tensor(mask)
+        if tuple(mask.shape) != (out_features, in_features):
+            raise ValueError(f"mask must have shape (out_features, in_features) = ({out_features}, {in_features}), "
+                             f"got {list(mask.shape)}")
+        if not torch.all((mask == 0) | (mask == 1)):
+            raise ValueError("mask must hold only zeros and ones")
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+class AutoregressiveDecoder(nn.Module):
+    r"""An autoregressive Bernoulli decoder :math:`p(x \mid z) = \prod_{i=1}^D p(x_i \mid x_{<i}, z)`
+    for binary vectors ``x`` of length ``x_dim = D`` (pixels in raster order).
+
+    ``forward(z, x)`` returns the ``D`` logits :math:`\ell_i(x_{<i}, z)`, all at once, from the pixels
+    of ``x`` (teacher forcing): this is what the likelihood of a known ``x`` needs, in one pass. The logit
+    of pixel ``i`` never depends on pixels ``i, i+1, ...`` (the autoregressive property).
+
+    Architecture: MADE (Germain et al., 2015) conditioned on ``z``. Pixel ``d`` (1-based) has degree
+    ``d``; hidden unit ``k`` of every hidden layer has degree ``m_k = 1 + (k mod (D - 1))``. A hidden unit
+    sees the pixels and the hidden units of degree ``<= m_k``; logit ``i`` sees the hidden units of degree
+    ``< i`` and, through a direct masked connection, the pixels ``< i``. ``z`` enters every hidden layer
+    and the logits through plain (unmasked) linear maps. With ``hidden=()`` the decoder is the fully
+    visible sigmoid belief net with a ``z``-dependent bias, :math:`\ell = L x + A z + b` with ``L``
+    strictly lower triangular.
+
+    :meth:`sample` generates pixel by pixel, ``D`` passes. Shapes: ``z (N, latent_dim)``, ``x (N, D)``.
+    """
+
+    autoregressive = True
+    """Tells :class:`coursepkg.vae.VAE` to call ``decoder(z, x)`` and :meth:`sample`."""
+
+    def __init__(self, latent_dim: int, x_dim: int, hidden: Sequence[int] = (), activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.latent_dim, self.x_dim = _positive_int("latent_dim", latent_dim), _positive_int("x_dim", x_dim)
+        self.hidden = _widths("hidden", hidden)
+        act = _activation(activation)
+        D = self.x_dim
+        in_deg = torch.arange(1, D + 1)                                      # pixel d has degree d
+        deg, self.layers, self.z_maps, self.acts = in_deg, nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for h in self.hidden:
+            hid_deg = 1 + torch.arange(h) % max(D - 1, 1)
+            self.layers.append(MaskedLinear(len(deg), h, (hid_deg[:, None] >= deg[None, :]).long()))
+            self.z_maps.append(nn.Linear(self.latent_dim, h, bias=False))
+            self.acts.append(act())
+            deg = hid_deg
+        self.out = (MaskedLinear(len(deg), D, (in_deg[:, None] > deg[None, :]).long(), bias=False)
+                    if self.hidden else None)
+        self.direct = MaskedLinear(D, D, torch.tril(torch.ones(D, D, dtype=torch.long), diagonal=-1))
+        self.z_out = nn.Linear(self.latent_dim, D, bias=False)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
+            got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {got}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or tuple(x.shape) != (z.shape[0], self.x_dim):
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (N, {self.x_dim}) = ({z.shape[0]}, {self.x_dim}) to match z, "
+                             f"got {got}")
+        h = x
+        for layer, z_map, act in zip(self.layers, self.z_maps, self.acts, strict=True):
+            h = act(layer(h) + z_map(z))
+        logits = self.direct(x) + self.z_out(z)
+        return logits + self.out(h) if self.out is not None else logits
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, *, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Draw ``x ~ p(x | z)`` one pixel at a time: pixel ``i`` from
+        :math:`\mathrm{Bernoulli}(\sigma(\ell_i(x_{<i}, z)))` given the pixels drawn before it.
+
+        Returns ``(x, probs)``, both ``(N, D)``: the binary sample, and each pixel's conditional probability
+        :math:`p(x_i = 1 \mid x_{<i}, z)` along it (a less noisy picture of the same sample)."""
+        x = torch.zeros(z.shape[0], self.x_dim, dtype=z.dtype, device=z.device)
+        probs = torch.zeros_like(x)
+        for i in range(self.x_dim):
+            probs[:, i] = torch.sigmoid(self(z, x)[:, i])
+            u = torch.rand(z.shape[0], generator=generator, dtype=z.dtype,
+                           device=generator.device if generator is not None else z.device).to(z.device)
+            x[:, i] = (u < probs[:, i]).to(x.dtype)
+        return x, probs

@@ -8,6 +8,10 @@ The model and its inference network:
 - encoder :math:`q_\phi(z \mid x) = \mathcal N(\mu_\phi(x), \operatorname{diag}\sigma_\phi^2(x))`, the
   encoder network returning ``(mu, logvar)``.
 
+The decoder may also be autoregressive (:class:`coursepkg.nn.AutoregressiveDecoder`, Bernoulli only):
+:math:`p_\theta(x\mid z) = \prod_i p_\theta(x_i \mid x_{<i}, z)`, its logits computed from ``(z, x)`` in one pass
+(teacher forcing) and its samples drawn pixel by pixel. Chapter 05 uses it to show posterior collapse.
+
 Training minimises the negative ELBO per data point (Eq. ``vae-loss``), with one reparameterized sample
 :math:`z = \mu + \sigma \odot \varepsilon` (Eq. ``reparam``) and the KL term in closed form (Eq. ``kl-std-normal``):
 
@@ -60,6 +64,8 @@ class VAE(nn.Module):
 
     ``likelihood`` is ``"bernoulli"`` (data in [0, 1]; the decoder gives logits) or ``"gaussian"`` (the
     decoder gives means; ``sigma2`` is the observation variance, a parameter when ``learn_sigma2=True``).
+    A decoder with a true attribute ``autoregressive`` (:class:`~coursepkg.nn.AutoregressiveDecoder`) is
+    called as ``decoder(z, x)`` and must have ``sample(z) -> (x, probs)``; it needs the Bernoulli likelihood.
     :meth:`mlp` and :meth:`conv` build the usual architectures in one line.
     """
 
@@ -73,6 +79,9 @@ class VAE(nn.Module):
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
         if learn_sigma2 and likelihood != "gaussian":
             raise ValueError("learn_sigma2 applies to the gaussian likelihood only")
+        self.autoregressive = bool(getattr(decoder, "autoregressive", False))
+        if self.autoregressive and likelihood != "bernoulli":
+            raise ValueError("an autoregressive decoder needs the bernoulli likelihood")
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim = _positive_int("latent_dim", latent_dim)
         self.likelihood = likelihood
@@ -143,13 +152,26 @@ class VAE(nn.Module):
         Uses :func:`coursepkg.probability.reparameterize`; ``eps`` fixes the noise."""
         return P.reparameterize(mu, logvar, eps, generator=generator)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's output for latents ``z (..., latent_dim)``: logits (Bernoulli) or means (Gaussian),
-        shape ``(..., *decoder output shape)``; leading sample dimensions are folded into the batch."""
+        shape ``(..., *decoder output shape)``; leading sample dimensions are folded into the batch.
+
+        ``x (N, D)`` is for an autoregressive decoder only, and required by it: the pixels its logits are
+        conditioned on (teacher forcing), shared by every sample of ``z (..., N, latent_dim)``."""
         if not isinstance(z, torch.Tensor) or z.dim() < 1 or z.shape[-1] != self.latent_dim:
             got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must have shape (..., {self.latent_dim}), got {got}")
-        out = self.decoder(z.reshape(-1, self.latent_dim))
+        if (x is None) == self.autoregressive:
+            raise ValueError("an autoregressive decoder needs x, the pixels it conditions on (use sample() to "
+                             "generate)" if self.autoregressive else "x is only for an autoregressive decoder")
+        if x is None:
+            out = self.decoder(z.reshape(-1, self.latent_dim))
+        else:
+            if z.dim() < 2 or z.shape[-2] != x.shape[0]:
+                raise ValueError(f"z must have shape (..., N, {self.latent_dim}) with N = {x.shape[0]}, the rows "
+                                 f"of x; got {list(z.shape)}")
+            x = x.reshape(x.shape[0], -1).expand(*z.shape[:-1], -1)
+            out = self.decoder(z.reshape(-1, self.latent_dim), x.reshape(-1, x.shape[-1]))
         return out.reshape(*z.shape[:-1], *out.shape[1:])
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
@@ -164,7 +186,7 @@ class VAE(nn.Module):
         """
         x = self._check_x(x)
         xf = x.reshape(x.shape[0], -1)
-        out = self.decode(z)
+        out = self.decode(z, xf) if self.autoregressive else self.decode(z)
         of = out.reshape(*z.shape[:-1], -1)
         if z.dim() < 2 or z.shape[-2] != xf.shape[0] or of.shape[-1] != xf.shape[-1]:
             raise ValueError(f"x {list(x.shape)} and z {list(z.shape)} do not match: z must be (N, latent_dim) or "
@@ -256,7 +278,10 @@ class VAE(nn.Module):
         r"""``n`` new data points from the prior: :math:`z \sim \mathcal N(0, I)`, then the mean of
         :math:`p(x\mid z)` (pixel probabilities or Gaussian means; ``mean=True``, what is usually shown) or a
         draw from it (``mean=False``: binary pixels, or the mean plus ``N(0, sigma2)`` noise). The shape is
-        the decoder's output, ``(n, D)`` or ``(n, C, H, W)``. ``generator`` makes it repeatable."""
+        the decoder's output, ``(n, D)`` or ``(n, C, H, W)``. ``generator`` makes it repeatable.
+
+        An autoregressive decoder draws the pixels one at a time (its mean has no closed form): ``mean=False``
+        gives the binary sample, ``mean=True`` each pixel's probability given the pixels drawn before it."""
         n = _positive_int("n", n)
         ref = next(self.parameters())
         where = generator.device if generator is not None else ref.device
@@ -264,7 +289,11 @@ class VAE(nn.Module):
         def draw(fn, shape):  # on the generator's device, then onto the model's
             return fn(shape, generator=generator, dtype=ref.dtype, device=where).to(ref.device)
 
-        m = self.mean(self.decode(draw(torch.randn, (n, self.latent_dim))))
+        z = draw(torch.randn, (n, self.latent_dim))
+        if self.autoregressive:
+            pixels, probs = self.decoder.sample(z, generator=generator)
+            return probs if mean else pixels
+        m = self.mean(self.decode(z))
         if mean:
             return m
         if self.likelihood == "bernoulli":
@@ -272,11 +301,34 @@ class VAE(nn.Module):
         return m + self.sigma2.sqrt() * draw(torch.randn, m.shape)
 
     @torch.no_grad()
+    def kl_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """``KL(q(z_j | x) || N(0, 1))`` of each latent dimension, averaged over the rows of ``x``,
+        ``(latent_dim,)`` (Eq. ``kl-std-normal`` per dimension): where the KL term is spent. A dimension
+        whose KL stays near 0 carries no information about ``x`` (it has collapsed onto the prior)."""
+        mu, logvar = self.encode(x)
+        return P.kl_standard_normal(mu.unsqueeze(-1), logvar.unsqueeze(-1)).mean(0)
+
+    @torch.no_grad()
+    def unit_activity(self, x: torch.Tensor) -> torch.Tensor:
+        """``Cov_x(E_q[z_j | x])`` of each latent dimension, ``(latent_dim,)`` (Eq. ``active-units``): the
+        variance over the rows of ``x`` of the posterior means. Burda et al. (2016) call unit ``j`` active
+        when it exceeds 0.01: ``(model.unit_activity(x) > 0.01).sum()`` counts the active units."""
+        mu, _ = self.encode(x)
+        if mu.shape[0] < 2:
+            raise ValueError("unit_activity needs at least 2 data points (a variance over x)")
+        return mu.var(0)
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, *, sample_z: bool = False) -> torch.Tensor:
         r"""The mean of :math:`p(x\mid z)` at the posterior mean :math:`z = \mu(x)` (or, ``sample_z=True``,
-        at a sample of :math:`q(z\mid x)`): the VAE's reconstruction of ``x``, in the decoder's shape."""
+        at a sample of :math:`q(z\mid x)`): the VAE's reconstruction of ``x``, in the decoder's shape. An
+        autoregressive decoder draws a sample given that ``z`` and returns its pixel probabilities (as in
+        :meth:`sample`)."""
         mu, logvar = self.encode(x)
-        return self.mean(self.decode(self.reparameterize(mu, logvar) if sample_z else mu))
+        z = self.reparameterize(mu, logvar) if sample_z else mu
+        if self.autoregressive:   # pixel by pixel; each pixel's probability given the ones drawn before it
+            return self.decoder.sample(z)[1]
+        return self.mean(self.decode(z))
 
     # ----------------------------------------------------------------------------------------------
     def _check_x(self, x) -> torch.Tensor:

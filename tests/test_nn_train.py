@@ -1,5 +1,6 @@
-"""coursepkg.nn (the MLP and the conv encoder / decoder) and coursepkg.train.fit (the one training loop):
-shapes, errors, determinism, checkpoint and resume, divergence detection."""
+"""coursepkg.nn (the MLP, the conv encoder / decoder, the autoregressive decoder) and coursepkg.train.fit (the
+one training loop): shapes, errors, determinism, checkpoint and resume, divergence detection, the autoregressive
+property."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from coursepkg.data import digits, toy_2d
-from coursepkg.nn import MLP, ConvDecoder, ConvEncoder
+from coursepkg.nn import MLP, AutoregressiveDecoder, ConvDecoder, ConvEncoder, MaskedLinear
 from coursepkg.train import History, TrainingDiverged, fit, load_checkpoint
 from coursepkg.vae import VAE
 
@@ -420,3 +421,75 @@ def test_fit_rejects_bad_losses():
 
     with pytest.raises(ValueError, match="changed its entries at step 2"):
         fit(model, (x, y), changing, steps=4, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# the autoregressive decoder
+# --------------------------------------------------------------------------------------------------
+def test_masked_linear_applies_its_mask_and_masked_weights_get_no_gradient():
+    mask = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    layer = MaskedLinear(3, 2, mask)
+    x = torch.randn(5, 3)
+    assert torch.allclose(layer(x), x @ (layer.weight * mask).T + layer.bias)
+    layer(x).sum().backward()
+    assert torch.all(layer.weight.grad[mask == 0] == 0) and torch.all(layer.weight.grad[mask == 1] != 0)
+    assert "mask" in layer.state_dict() and layer.double().mask.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"mask must have shape \(out_features, in_features\) = \(2, 3\)"):
+        MaskedLinear(3, 2, mask.T)
+    with pytest.raises(ValueError, match="zeros and ones"):
+        MaskedLinear(3, 2, 2 * mask)
+
+
+@pytest.mark.parametrize("hidden", [(), (24,), (32, 16)])
+def test_the_logit_of_pixel_i_ignores_pixels_i_and_after(hidden):
+    D, Dz = 7, 3
+    torch.manual_seed(0)
+    dec = AutoregressiveDecoder(Dz, D, hidden).double()
+    z, x = torch.randn(4, Dz, dtype=torch.float64), torch.bernoulli(torch.full((4, D), 0.5, dtype=torch.float64))
+    logits = dec(z, x)
+    assert logits.shape == (4, D)
+    # d logit_i / d x_j vanishes exactly for j >= i, and not for every j < i
+    jac = torch.autograd.functional.jacobian(lambda v: dec(z[:1], v), x[:1])[0, :, 0]            # (D, D)
+    assert torch.all(jac.triu() == 0)
+    assert torch.all(jac.tril(-1)[1:].abs().sum(1) > 0)              # every logit but the first sees earlier pixels
+    # changing pixels i, i+1, ... leaves the logits 0..i unchanged
+    for i in range(D):
+        changed = x.clone()
+        changed[:, i:] = 1 - changed[:, i:]
+        assert torch.equal(dec(z, changed)[:, :i + 1], logits[:, :i + 1])
+    # the logits depend on z
+    assert not torch.allclose(dec(z + 1.0, x), logits)
+
+
+def test_autoregressive_probabilities_sum_to_one_and_samples_follow_them():
+    D, Dz = 3, 2
+    torch.manual_seed(1)
+    dec = AutoregressiveDecoder(Dz, D, (8,)).double()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.mul_(3.0)                                                   # a distribution far from uniform
+    z = torch.randn(1, Dz, dtype=torch.float64)
+    configs = torch.tensor([[(k >> (D - 1 - d)) & 1 for d in range(D)] for k in range(2**D)], dtype=torch.float64)
+    with torch.no_grad():
+        logits = dec(z.expand(2**D, Dz), configs)
+    probs = (configs * logits - nn.functional.softplus(logits)).sum(1).exp()       # p(x | z) of every x
+    assert abs(probs.sum().item() - 1) < 1e-12
+    n = 40_000
+    x, pix = dec.sample(z.expand(n, Dz), generator=torch.Generator().manual_seed(0))
+    assert x.shape == pix.shape == (n, D) and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert torch.all((pix > 0) & (pix < 1))
+    index = (x * 2 ** torch.arange(D - 1, -1, -1, dtype=torch.float64)).sum(1).long()
+    freq = torch.bincount(index, minlength=2**D).double() / n
+    assert torch.all((freq - probs).abs() < 4 * (probs * (1 - probs) / n).sqrt() + 1e-9), (freq, probs)
+    again, _ = dec.sample(z.expand(n, Dz), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, again)
+
+
+def test_autoregressive_decoder_rejects_bad_inputs():
+    dec = AutoregressiveDecoder(2, 5, (8,))
+    with pytest.raises(ValueError, match=r"z must have shape \(N, 2\)"):
+        dec(torch.randn(3, 4), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 5\)"):
+        dec(torch.randn(3, 2), torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="hidden"):
+        AutoregressiveDecoder(2, 5, (0,))

@@ -1,6 +1,6 @@
 """coursepkg.vae: the VAE's loss against the lectures' formulas, its KL term against Monte Carlo and
 torch.distributions, gradients through the reparameterized sample, the importance-sampled log-likelihood
-against an exact log p(x), generation, and a short training run."""
+against an exact log p(x), generation, a short training run, and the autoregressive decoder."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 import coursepkg.vae as V
 from coursepkg import elbo as E
 from coursepkg.data import digits
-from coursepkg.nn import MLP
+from coursepkg.nn import MLP, AutoregressiveDecoder
 from coursepkg.train import fit
 from coursepkg.vae import VAE
 
@@ -183,6 +183,29 @@ def test_a_short_training_run_lowers_the_loss(trained):
     ignore_z = -(x * p.log() + (1 - x) * (1 - p).log()).sum(1).mean().item()
     assert last < 0.6 * first and last < ignore_z - 1.0, (first, last, ignore_z)
     assert h.mean("recon", last=20) < sum(h["recon"][:20]) / 20 and h.mean("kl", last=20) > 1.0
+
+
+def test_kl_per_dim_and_unit_activity(trained):
+    model, _, x = trained
+    xb = x[:300]
+    with torch.no_grad():
+        mu, logvar = model.encode(xb)
+    per_dim = model.kl_per_dim(xb)
+    assert per_dim.shape == (8,) and torch.all(per_dim >= 0)
+    # the dimensions add up to the loss's closed-form KL term
+    assert torch.allclose(per_dim.sum(), model.loss(xb)["kl"].detach(), rtol=1e-5)
+    ref = td.kl_divergence(td.Normal(mu, (0.5 * logvar).exp()), td.Normal(0.0, 1.0)).mean(0)
+    assert torch.allclose(per_dim, ref, rtol=1e-5, atol=1e-6)
+    activity = model.unit_activity(xb)
+    assert torch.allclose(activity, mu.var(0))
+    assert (activity > 0.01).sum() >= 1  # a trained digits VAE uses some of its latents
+    # an encoder that ignores x (a collapsed posterior): no active unit, and KL = that of its constant q
+    model_c = VAE(nn.Sequential(nn.Linear(64, 16), nn.Flatten()), MLP(8, (), 64), 8)
+    with torch.no_grad():
+        model_c.encoder[0].weight.zero_()
+    assert torch.all(model_c.unit_activity(xb) == 0)
+    with pytest.raises(ValueError, match="at least 2 data points"):
+        model.unit_activity(xb[:1])
 
 
 def test_importance_bounds_are_ordered(trained):
@@ -356,3 +379,60 @@ def test_methods_reject_bad_inputs():
     wrong_decoder = VAE(MLP(D, (), 2 * DZ), MLP(DZ, (), D + 1), DZ)
     with pytest.raises(ValueError, match="do not match"):
         wrong_decoder.loss(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# an autoregressive decoder
+# --------------------------------------------------------------------------------------------------
+def ar_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return VAE(MLP(D, (16,), 2 * DZ), AutoregressiveDecoder(DZ, D, (16,)), DZ).double()
+
+
+def bernoulli_log_lik(x, logits):
+    """log p(x | z) of independent Bernoullis with these logits, written out: minus the summed BCE."""
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def test_an_autoregressive_decoder_is_teacher_forced_in_the_likelihood():
+    model = ar_model()
+    assert model.autoregressive and not VAE.mlp(D, (8,), DZ).autoregressive
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((N, D), 0.4, dtype=torch.float64), generator=g)
+    z = torch.randn(4, N, DZ, generator=g, dtype=torch.float64)                     # (S, N, DZ)
+    expected = torch.stack([bernoulli_log_lik(x, model.decoder(z[s], x)) for s in range(4)])
+    assert torch.allclose(model.recon_log_prob(x, z), expected, rtol=1e-12)
+    assert model.decode(z, x).shape == (4, N, D)
+    # the loss is the negative ELBO with the closed-form KL, as for a plain decoder
+    eps = torch.randn(N, DZ, generator=g, dtype=torch.float64)
+    mu, logvar = model.encode(x)
+    out = model.loss(x, eps=eps)
+    recon = -bernoulli_log_lik(x, model.decoder(mu + torch.exp(0.5 * logvar) * eps, x))
+    assert torch.allclose(out["recon"], recon.mean(), rtol=1e-12)
+    assert torch.allclose(out["kl"] * N, lectures_kld(mu, logvar), rtol=1e-12)
+    assert model.log_likelihood(x, 50).shape == (N,) and model.elbo(x, 3).shape == (N,)
+
+
+def test_an_autoregressive_vae_samples_pixel_by_pixel_and_trains():
+    model = ar_model()
+    pixels = model.sample(6, mean=False, generator=torch.Generator().manual_seed(0))
+    probs = model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert pixels.shape == probs.shape == (6, D) and set(pixels.unique().tolist()) <= {0.0, 1.0}
+    assert torch.all((probs > 0) & (probs < 1))
+    assert model.reconstruct(torch.rand(3, D, dtype=torch.float64)).shape == (3, D)
+    x = (digits(dtype=torch.float64)[0][:256, :D] > 0.5).double()
+    h = fit(model, x, steps=150, batch_size=64, lr=3e-3, progress=False)
+    assert h.mean(last=20) < 0.8 * sum(h["loss"][:20]) / 20
+
+
+def test_an_autoregressive_decoder_needs_x_and_the_bernoulli_likelihood():
+    model = ar_model()
+    z = torch.randn(N, DZ, dtype=torch.float64)
+    with pytest.raises(ValueError, match="needs x"):
+        model.decode(z)
+    with pytest.raises(ValueError, match="rows of x"):
+        model.decode(z, torch.zeros(N + 1, D, dtype=torch.float64))
+    with pytest.raises(ValueError, match="only for an autoregressive decoder"):
+        VAE.mlp(D, (8,), DZ).decode(z.float(), torch.zeros(N, D))
+    with pytest.raises(ValueError, match="bernoulli likelihood"):
+        VAE(MLP(D, (), 2 * DZ), AutoregressiveDecoder(DZ, D), DZ, "gaussian")
