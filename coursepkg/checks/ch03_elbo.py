@@ -524,6 +524,39 @@ def _far_model(case):
     return model, x, torch.tensor([False, False, True])
 
 
+def _judge_iwae(got, case, inputs: str, model, x, mu, logvar, k: int, R: int, ref, ref_se, is_far, *,
+                what: str, recipe: str, underflow=UNDERFLOW) -> None:
+    """Judge ``got``, ``R`` copies of one importance-weighted bound per data point (row ``r`` of
+    ``got.view(R, P)`` is the ``r``-th copy), against the reference mean ``ref`` (standard error
+    ``ref_se``): structure, then the mean of the copies within ``N_SIGMA`` standard errors; a rejected
+    answer is matched with the catalogue of :func:`_iwae_mistakes`. ``is_far`` marks the points far from
+    the data, where a naive log-mean-exp underflows. Shared by ``03.iwae`` and ``05.log_likelihood``."""
+    P_, Dz = mu.shape
+    n = R * P_
+    _validate(got, (n,), case, f"the {what}", inputs, [
+        ((k, n), "reduce over the k samples (dim 0) with a log-sum-exp"),
+        ((k,), "reduce over the k samples (dim 0), not over the data points"),
+        ((n, Dz), "log q(z | x) and log p(x, z) are sums over the latent dimensions")])
+    values = got.detach().double().cpu().view(R, P_)                # row r: the r-th copy of every point
+    finite = torch.isfinite(values).all(0)
+    mean, se = values.mean(0), values.std(0) / math.sqrt(R)
+    tol = N_SIGMA * torch.sqrt(se**2 + ref_se**2) + _atol(case, ref)
+    if bool(finite.all()) and _within(mean, ref, tol):
+        return
+    if is_far is not None and (not finite[is_far].all() or
+                               (_within(mean[~is_far], ref[~is_far], tol[~is_far]) and finite.all())):
+        raise Mistake(*underflow)
+    _likeliest_mistake(mean, ref, tol, [
+        (name, hint, value, N_SIGMA * torch.sqrt(se**2 + m_se**2) + _atol(case, value))
+        for name, hint, value, m_se in _iwae_mistakes(model, x, mu, logvar, k, R, case["gen"], ref, ref_se)])
+    if not finite.all():
+        raise CheckFailure(f"the {what} contains NaN or inf (for inputs {inputs}), the reference does not: look "
+                           "for an exp that underflows or overflows, or a log of 0; use torch.logsumexp")
+    raise _statistical_failure(f"the mean of your {R} {what}s per point", mean, ref, tol,
+                               torch.sqrt(se**2 + ref_se**2), inputs, recipe,
+                               ref_name=f"the mean of as many {what}s from coursepkg.elbo.iwae_bound")
+
+
 @register("03.iwae", "the importance-weighted bound, by log-mean-exp")
 def check_iwae(answer):
     f = require_callable(answer)
@@ -549,32 +582,9 @@ def check_iwae(answer):
         xc, muc, lvc = _to(case, x.repeat(R, 1), mu.repeat(R, 1), logvar.repeat(R, 1))
         inputs = describe_inputs(x=xc, mu=muc, k=k)
         got = call(f, xc.clone(), _ModelFunction(case, model, joint=True), muc.clone(), lvc.clone(), k)
-        n = R * P_
-        _validate(got, (n,), case, "the bound", inputs, [
-            ((k, n), "reduce over the k samples (dim 0) with a log-sum-exp"),
-            ((k,), "reduce over the k samples (dim 0), not over the data points"),
-            ((n, Dz), "log q(z | x) and log p(x, z) are sums over the latent dimensions")])
-        values = got.detach().double().cpu().view(R, P_)                # row r: the r-th copy of every point
-        finite = torch.isfinite(values).all(0)
-        mean, se = values.mean(0), values.std(0) / math.sqrt(R)
-        atol = _atol(case, ref)
-        tol = N_SIGMA * torch.sqrt(se**2 + ref_se**2) + atol
-        if bool(finite.all()) and _within(mean, ref, tol):
-            continue
-        if is_far is not None and (not finite[is_far].all() or
-                                   (_within(mean[~is_far], ref[~is_far], tol[~is_far]) and finite.all())):
-            raise Mistake(*UNDERFLOW)
-        _likeliest_mistake(mean, ref, tol, [
-            (name, hint, value, N_SIGMA * torch.sqrt(se**2 + m_se**2) + _atol(case, value))
-            for name, hint, value, m_se in _iwae_mistakes(model, x, mu, logvar, k, R, g, ref, ref_se)])
-        if not finite.all():
-            raise CheckFailure(f"the bound contains NaN or inf (for inputs {inputs}), the reference does not: look "
-                               "for an exp that underflows or overflows, or a log of 0; use torch.logsumexp")
-        raise _statistical_failure(f"the mean of your {R} bounds per point", mean, ref, tol,
-                                   torch.sqrt(se**2 + ref_se**2), inputs,
-                                   f"with k={k}, the bound is log (1/k) sum_i exp(log p(x, z_i) - log q(z_i | x)) "
-                                   "for k reparameterized samples z_i from q",
-                                   ref_name="the mean of as many bounds from coursepkg.elbo.iwae_bound")
+        _judge_iwae(got, case, inputs, model, x, mu, logvar, k, R, ref, ref_se, is_far, what="bound",
+                    recipe=f"with k={k}, the bound is log (1/k) sum_i exp(log p(x, z_i) - log q(z_i | x)) "
+                           "for k reparameterized samples z_i from q")
     return (f"matches coursepkg.elbo.iwae_bound in distribution ({R} bounds per point) on {len(trials)} random "
             f"inputs, k = 1, 5 and 8, including a point far from the data")
 

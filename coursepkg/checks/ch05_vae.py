@@ -41,18 +41,14 @@ from torch import nn
 from coursepkg import probability as P
 from coursepkg.checks.ch03_elbo import (
     UNDERFLOW,
-    _atol,
     _diag_q,
     _far_model,
-    _iwae_mistakes,
-    _likeliest_mistake,
+    _judge_iwae,
     _ModelFunction,
     _random_model,
     _rounded,
-    _statistical_failure,
     _to,
     _validate,
-    _within,
 )
 from coursepkg.elbo import iwae_bound
 from coursepkg.grading import (
@@ -768,30 +764,10 @@ def check_log_likelihood(answer):
         if enc.calls == 0:
             raise CheckFailure("your function never called encode(x): q(z | x) = N(mu, diag exp(logvar)) with "
                                "(mu, logvar) = encode(x)")
-        n = R * P_
-        _validate(got, (n,), case, "the estimate", inputs, [
-            ((k, n), "reduce over the k samples (dim 0) with a log-sum-exp"),
-            ((k,), "reduce over the k samples (dim 0), not over the data points"),
-            ((n, Dz), "log q(z | x) and log p(x, z) are sums over the latent dimensions")])
-        values = got.detach().double().cpu().view(R, P_)                # row r: the r-th copy of every point
-        finite = torch.isfinite(values).all(0)
-        mean, se = values.mean(0), values.std(0) / math.sqrt(R)
-        tol = N_SIGMA * torch.sqrt(se**2 + ref_se**2) + _atol(case, ref)
-        if bool(finite.all()) and _within(mean, ref, tol):
-            continue
-        if is_far is not None and (not finite[is_far].all() or
-                                   (_within(mean[~is_far], ref[~is_far], tol[~is_far]) and finite.all())):
-            raise Mistake(UNDERFLOW[0].replace("exp underflow", "naive log(mean(exp)) underflows"), UNDERFLOW[1])
-        _likeliest_mistake(mean, ref, tol, [
-            (name, hint, value, N_SIGMA * torch.sqrt(se**2 + m_se**2) + _atol(case, value))
-            for name, hint, value, m_se in _iwae_mistakes(model, x, mu, logvar, k, R, g, ref, ref_se)])
-        if not finite.all():
-            raise CheckFailure(f"the estimate contains NaN or inf (for inputs {inputs}), the reference does not: look "
-                               "for an exp that underflows or overflows, or a log of 0; use torch.logsumexp")
-        raise _statistical_failure(f"the mean of your {R} estimates per point", mean, ref, tol,
-                                   torch.sqrt(se**2 + ref_se**2), inputs,
-                                   f"with k={k}: (mu, logvar) = encode(x), k samples z_i = mu + exp(logvar / 2) * "
-                                   "eps_i, then logsumexp_i [log_joint(x, z_i) - log q(z_i | x)] - log k",
-                                   ref_name="the mean of as many estimates from coursepkg.elbo.iwae_bound")
+        _judge_iwae(got, case, inputs, model, x, mu, logvar, k, R, ref, ref_se, is_far, what="estimate",
+                    recipe=f"with k={k}: (mu, logvar) = encode(x), k samples z_i = mu + exp(logvar / 2) * "
+                           "eps_i, then logsumexp_i [log_joint(x, z_i) - log q(z_i | x)] - log k",
+                    underflow=(UNDERFLOW[0].replace("exp underflow", "naive log(mean(exp)) underflows"),
+                               UNDERFLOW[1]))
     return (f"matches coursepkg.elbo.iwae_bound with the encoder's q in distribution ({R} estimates per point) on "
             f"{len(trials)} random inputs, k = 1 to 16, including a point far from the data")
