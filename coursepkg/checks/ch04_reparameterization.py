@@ -451,24 +451,32 @@ def _split(mistakes):
             [(n, h, s) for n, h, _, s in mistakes if s is not None])
 
 
-@register("04.score_function", "the score-function (REINFORCE) estimator")
-def check_score_function(answer):
+def _check_score_estimator(answer, seed: int, shapes, terms_fn, mistakes_fn) -> str:
+    """The check of a score-function estimator (with or without a baseline): on each trial, the answer's
+    own samples are recorded, its result is compared with ``terms_fn`` on exactly those samples (naming
+    the ``mistakes_fn`` it matches), the samples' distribution is tested, and the estimate is z-tested
+    against the exact gradient. Answers whose samples cannot be recorded get the z-test alone."""
     fn = require_callable(answer)
-    trials = _trials(4100, SHAPES, step_first=True)
+    trials = _trials(100 * seed, shapes, step_first=True)
     for trial in trials:
-        torch.manual_seed(41 + trial.n + trial.D)
+        torch.manual_seed(seed + trial.n + trial.D)
         mu, ls = trial.leaves()
         got = call(fn, trial.f, mu, ls, trial.n)
         z = _recorded_samples(trial.f, trial.n)
         if z is None:
-            _fallback(got, trial, _score_terms)
+            _fallback(got, trial, terms_fn)
             continue
         _check_samples(z, trial)
-        terms = _score_terms(trial, z)
-        grads = _compare_pair(got, trial, *_mean(terms), _scale(terms), *_split(_score_mistakes(trial, z)))
-        _ztest(grads, trial, _score_terms)
+        terms = terms_fn(trial, z)
+        grads = _compare_pair(got, trial, *_mean(terms), _scale(terms), *_split(mistakes_fn(trial, z)))
+        _ztest(grads, trial, terms_fn)
     return (f"matches the estimator on its own samples, and the exact gradient within {N_SIGMA:g} standard "
             f"errors, on {len(trials)} random Gaussians")
+
+
+@register("04.score_function", "the score-function (REINFORCE) estimator")
+def check_score_function(answer):
+    return _check_score_estimator(answer, 41, SHAPES, _score_terms, _score_mistakes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -595,22 +603,7 @@ def _baseline_mistakes(trial: Trial, z: torch.Tensor):
 
 @register("04.baseline", "the score-function estimator with a leave-one-out baseline")
 def check_baseline(answer):
-    fn = require_callable(answer)
-    trials = _trials(4300, BASELINE_SHAPES, step_first=True)
-    for trial in trials:
-        torch.manual_seed(43 + trial.n + trial.D)
-        mu, ls = trial.leaves()
-        got = call(fn, trial.f, mu, ls, trial.n)
-        z = _recorded_samples(trial.f, trial.n)
-        if z is None:
-            _fallback(got, trial, _baseline_terms)
-            continue
-        _check_samples(z, trial)
-        terms = _baseline_terms(trial, z)
-        grads = _compare_pair(got, trial, *_mean(terms), _scale(terms), *_split(_baseline_mistakes(trial, z)))
-        _ztest(grads, trial, _baseline_terms)
-    return (f"matches the estimator on its own samples, and the exact gradient within {N_SIGMA:g} standard "
-            f"errors, on {len(trials)} random Gaussians")
+    return _check_score_estimator(answer, 43, BASELINE_SHAPES, _baseline_terms, _baseline_mistakes)
 
 
 # --------------------------------------------------------------------------------------------------
