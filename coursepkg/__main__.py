@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grade":
         return _grade(args)
     if args.command == "execute":
-        from coursepkg.notebooks import execute_in_place
+        from coursepkg.instructor.generator import execute_in_place
 
         for path in args.paths:
             execute_in_place(path, timeout=args.timeout)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exercises(args) -> int:
-    from coursepkg.notebooks import GeneratorError, generate_exercises
+    from coursepkg.instructor.generator import GeneratorError, generate_exercises
 
     try:
         outcomes = generate_exercises(args.root, check=args.check, force=args.force, names=args.names or None)
@@ -73,7 +73,7 @@ def _exercises(args) -> int:
 
 
 def _install_cells(args) -> int:
-    from coursepkg.notebooks import GeneratorError, sync_install_cells
+    from coursepkg.instructor.generator import GeneratorError, sync_install_cells
 
     try:
         changed = sync_install_cells(args.root, check=args.check)
@@ -89,7 +89,7 @@ def _install_cells(args) -> int:
 
 
 def _grade(args) -> int:
-    from coursepkg.batch import grade_folder
+    from coursepkg.instructor.batch import grade_folder
 
     try:
         rows = grade_folder(args.submissions, args.out, timeout=args.timeout, kernel_name=args.kernel)

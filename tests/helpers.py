@@ -15,7 +15,7 @@ def solution_notebooks() -> list[Path]:
 
 
 def notebook_check_ids(path: Path) -> list[str]:
-    from coursepkg.batch import CHECK_CALL
+    from coursepkg.instructor.batch import CHECK_CALL
 
     nb = nbformat.read(path, as_version=4)
     return [i for c in nb.cells if c.cell_type == "code" for i in CHECK_CALL.findall(c.source)]

@@ -11,7 +11,7 @@ import torch
 from torch import distributions as td
 
 from coursepkg import estimators as E
-from coursepkg.checks import ch04_reparameterization as C
+from coursepkg.grading.checks import ch04_reparameterization as C
 from coursepkg.grading import check
 
 from .helpers import check_fails, check_passes

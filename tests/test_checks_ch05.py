@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import distributions as td
 
 from coursepkg import probability as P
-from coursepkg.checks import ch05_vae as C
+from coursepkg.grading.checks import ch05_vae as C
 from coursepkg.elbo import iwae_bound
 from coursepkg.grading import check
 from coursepkg.vae import VAE

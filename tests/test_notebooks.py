@@ -9,7 +9,7 @@ import sys
 import nbformat
 import pytest
 
-from coursepkg.notebooks import (
+from coursepkg.instructor.generator import (
     BEGIN,
     END,
     GeneratorError,

@@ -12,7 +12,7 @@ import math
 import torch
 
 from coursepkg import probability as P
-from coursepkg.grading import (
+from coursepkg.grading.core import (
     CheckFailure,
     Mistake,
     call,

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from coursepkg import probability as P
-from coursepkg.checks.ch03_elbo import (
+from coursepkg.grading.checks.ch03_elbo import (
     UNDERFLOW,
     _diag_q,
     _far_model,
@@ -51,7 +51,7 @@ from coursepkg.checks.ch03_elbo import (
     _validate,
 )
 from coursepkg.elbo import iwae_bound
-from coursepkg.grading import (
+from coursepkg.grading.core import (
     CheckFailure,
     Mistake,
     call,

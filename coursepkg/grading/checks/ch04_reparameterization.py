@@ -39,7 +39,7 @@ import torch
 from torch import distributions as td
 
 from coursepkg import estimators as E
-from coursepkg.grading import (
+from coursepkg.grading.core import (
     CheckFailure,
     Mistake,
     call,

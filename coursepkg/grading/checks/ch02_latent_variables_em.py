@@ -15,7 +15,7 @@ import math
 import torch
 
 from coursepkg import gmm as G
-from coursepkg.grading import (
+from coursepkg.grading.core import (
     CheckFailure,
     Mistake,
     call,

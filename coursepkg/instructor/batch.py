@@ -27,7 +27,7 @@ from pathlib import Path
 
 import nbformat
 
-from coursepkg import grading
+from coursepkg.grading import core as grading
 
 CHECK_CALL = re.compile(r"""check\(\s*["']([A-Za-z0-9_]+\.[A-Za-z0-9_]+)["']""")
 FIELDS = ["submission", "exercise", "status", "passed", "message"]

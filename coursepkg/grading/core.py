@@ -8,7 +8,7 @@ matches. In a notebook, :func:`check` prints one short, stable verdict line::
     [01.kl_diag_gaussians] PASSED: matches the reference on 6 random inputs
     [01.kl_diag_gaussians] FAILED: likely mistake: variance used as log-variance. Hint: ...
 
-Checks are registered by the modules of :mod:`coursepkg.checks`, one per chapter, next to (and
+Checks are registered by the modules of :mod:`coursepkg.grading.checks`, one per chapter, next to (and
 importing) that chapter's reference code. The registry is filled lazily on first use.
 
 When the environment variable ``COURSEPKG_GRADING_LOG`` names a file, every result is also
@@ -107,7 +107,7 @@ def _load_all() -> None:
     global _LOADED
     if _LOADED:
         return
-    from coursepkg import checks
+    from coursepkg.grading import checks
 
     for mod in sorted(pkgutil.iter_modules(checks.__path__), key=lambda m: m.name):
         importlib.import_module(f"{checks.__name__}.{mod.name}")
