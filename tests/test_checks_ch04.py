@@ -11,8 +11,8 @@ import torch
 from torch import distributions as td
 
 from coursepkg import estimators as E
-from coursepkg.grading.checks import ch04_reparameterization as C
 from coursepkg.grading import check
+from coursepkg.grading.checks import ch04_reparameterization as C
 
 from .helpers import check_fails, check_passes
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import distributions as td
 
 from coursepkg import probability as P
-from coursepkg.grading.checks import ch05_vae as C
 from coursepkg.elbo import iwae_bound
 from coursepkg.grading import check
+from coursepkg.grading.checks import ch05_vae as C
 from coursepkg.vae import VAE
 
 from .helpers import check_fails, check_passes

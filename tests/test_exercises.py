@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from coursepkg.instructor.batch import grade_notebook
 from coursepkg.grading import list_checks
+from coursepkg.instructor.batch import grade_notebook
 from coursepkg.instructor.generator import generate_exercises
 
 from .helpers import ROOT, notebook_check_ids, solution_notebooks

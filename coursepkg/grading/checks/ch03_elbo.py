@@ -32,9 +32,9 @@ from torch import distributions as td
 
 from coursepkg import gmm as G
 from coursepkg import probability as P
+from coursepkg.elbo import LinearGaussianModel, gaussian_kl, iwae_bound
 from coursepkg.grading.checks.ch02_latent_variables_em import SHAPES as GMM_SHAPES
 from coursepkg.grading.checks.ch02_latent_variables_em import _mixture_case
-from coursepkg.elbo import LinearGaussianModel, gaussian_kl, iwae_bound
 from coursepkg.grading.core import (
     CheckFailure,
     Mistake,

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from coursepkg import probability as P
+from coursepkg.elbo import iwae_bound
 from coursepkg.grading.checks.ch03_elbo import (
     UNDERFLOW,
     _diag_q,
@@ -50,7 +51,6 @@ from coursepkg.grading.checks.ch03_elbo import (
     _to,
     _validate,
 )
-from coursepkg.elbo import iwae_bound
 from coursepkg.grading.core import (
     CheckFailure,
     Mistake,
