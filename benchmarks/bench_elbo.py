@@ -7,7 +7,7 @@ Factor analysis is the linear-Gaussian model of chapter 03 (``z ~ N(0, I)``,
 log-likelihood. The script plugs the fitted ``components_``, ``mean_`` and ``noise_variance_`` into
 :class:`coursepkg.elbo.LinearGaussianModel` and reports, per shape ``[N, Dx] -> Dz``:
 
-- the time of ``score_samples`` and of ``log_marginal`` (best of ``--repeats``), their ratio
+- the time of ``score_samples`` and of ``log_likelihood`` (best of ``--repeats``), their ratio
   (sklearn / coursepkg: above 1 means faster) and the largest difference of the two log-likelihoods;
 - how far below that exact value the chapter's bounds lie for the mean-field ``q`` (the best diagonal
   Gaussian), averaged over the first 1000 points: the closed-form ELBO and the IWAE bounds with
@@ -37,7 +37,7 @@ def make_data(n: int, dx: int, dz: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(dx, dz, generator=g, dtype=torch.float64)
     psi = 0.1 + torch.rand(dx, generator=g, dtype=torch.float64)
-    return LinearGaussianModel(W, torch.randn(dx, generator=g, dtype=torch.float64), psi).sample(n, generator=g)[0]
+    return LinearGaussianModel(W, torch.randn(dx, generator=g, dtype=torch.float64), psi).sample(n, generator=g).x
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
@@ -62,13 +62,13 @@ def main() -> None:
         model = LinearGaussianModel(torch.from_numpy(fa.components_.T.copy()), torch.from_numpy(fa.mean_),
                                     torch.from_numpy(fa.noise_variance_))
         t_sk, ref = best_time(lambda: fa.score_samples(x.numpy()), args.repeats)
-        t_us, ours = best_time(lambda: model.log_marginal(x), args.repeats)
+        t_us, ours = best_time(lambda: model.log_likelihood(x), args.repeats)
         diff = (torch.from_numpy(ref) - ours).abs().max().item()
         R, _ = torch.linalg.qr(torch.randn(dz, dz, dtype=torch.float64))
         rotated = LinearGaussianModel(model.W @ R, model.b, model.noise_var)
-        diff = max(diff, (torch.from_numpy(ref) - rotated.log_marginal(x)).abs().max().item())
+        diff = max(diff, (torch.from_numpy(ref) - rotated.log_likelihood(x)).abs().max().item())
         model, xs = rotated, x[:1_000]
-        exact = model.log_marginal(xs)
+        exact = model.log_likelihood(xs)
         q = model.mean_field_posterior(xs)
         gaps = [f"{(exact - model.exact_elbo(xs, q)).mean().item():9.4f}"]
         for k in (1, 10, 100):

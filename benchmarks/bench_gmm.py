@@ -32,7 +32,7 @@ def make_data(n: int, d: int, k: int, seed: int = 0) -> torch.Tensor:
     A = torch.randn(k, d, d, generator=g, dtype=torch.float64) / d**0.5
     cov = A @ A.mT + 0.5 * torch.eye(d, dtype=torch.float64)
     true = G.GMM(torch.full((k,), 1.0 / k, dtype=torch.float64), means, cov)
-    return true.sample(n, generator=g)[0]
+    return true.sample(n, generator=g).x
 
 
 def run_sklearn(x: np.ndarray, init: G.GMM, iters: int):

@@ -4,6 +4,8 @@ Every algorithm the book shows lives here, once; the chapters, the solution note
 graders import the same functions. Modules, one per idea:
 
 - :mod:`coursepkg.config`      device, profile (quick/full), seeding, the notebook ``setup()`` line
+- :mod:`coursepkg.models`      the models' one vocabulary (Protocols): log_likelihood(x) = log p(x), Sample(x, z)
+- :mod:`coursepkg._validate`   argument checking shared by every module (one error policy, one ``seed=None`` rule)
 - :mod:`coursepkg.probability` chapter 01: log-densities, KL divergences, Monte Carlo, Gaussian identities
 - :mod:`coursepkg.gmm`         chapter 02: Gaussian mixtures, the E and M steps, EM (faster than scikit-learn)
 - :mod:`coursepkg.elbo`        chapter 03: ELBO and IWAE estimators, an exact linear-Gaussian model, amortized inference

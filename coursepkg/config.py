@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from coursepkg import _validate as V
+
 PROFILES = ("quick", "full")
 PROFILE_ENV = "COURSEPKG_PROFILE"
 DEVICE_ENV = "COURSEPKG_DEVICE"
@@ -72,11 +74,7 @@ def seed_everything(seed: int) -> torch.Generator:
     The returned :class:`torch.Generator` lives on the CPU and is seeded with ``seed`` too, for code
     that prefers an explicit generator to the global state.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    seed = int(seed)
+    seed = V.seed_int(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too

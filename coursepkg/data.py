@@ -15,6 +15,10 @@
 
 Images are batch-first and flat by default, ``(n, size * size)`` like :func:`digits`, for the MLP
 encoders; ``flat=False`` gives ``(n, 1, size, size)`` for the small conv nets.
+
+Randomness: every sampler takes ``seed`` or ``generator`` (not both). With neither, the draws come from a
+generator seeded from torch's global one (:func:`coursepkg._validate.generator`): reproducible after
+:func:`coursepkg.config.seed_everything`, different from one call to the next.
 """
 
 from __future__ import annotations
@@ -35,21 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coursepkg import _validate as V
+
 TOY_2D = ("gmm", "eight_gaussians", "two_moons", "swiss_roll", "checkerboard")
-
-
-def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    return n
-
-
-def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
-    if generator is not None and seed is not None:
-        raise ValueError("give either seed or generator, not both")
-    if generator is not None:
-        return generator
-    return torch.Generator().manual_seed(0 if seed is None else int(seed))
 
 
 def mixture_1d(n: int, weights=(0.3, 0.7), means=(-2.0, 1.5), stds=(0.6, 1.0), *, seed: int | None = None,
@@ -59,7 +51,7 @@ def mixture_1d(n: int, weights=(0.3, 0.7), means=(-2.0, 1.5), stds=(0.6, 1.0), *
 
     Returns ``(x, z)`` with ``x`` of shape ``(n,)`` and the component indices ``z`` (long) of shape ``(n,)``.
     """
-    n = _check_n(n)
+    n = V.positive_int("n", n)
     w = torch.as_tensor(weights, dtype=dtype)
     m, s = torch.as_tensor(means, dtype=dtype), torch.as_tensor(stds, dtype=dtype)
     if not (w.dim() == m.dim() == s.dim() == 1 and len(w) == len(m) == len(s)):
@@ -68,7 +60,7 @@ def mixture_1d(n: int, weights=(0.3, 0.7), means=(-2.0, 1.5), stds=(0.6, 1.0), *
         raise ValueError("weights must be non-negative and sum to 1")
     if torch.any(s <= 0):
         raise ValueError("stds must be positive")
-    gen = _generator(seed, generator)
+    gen = V.generator(seed, generator)
     z = torch.multinomial(w, n, replacement=True, generator=gen)
     x = m[z] + s[z] * torch.randn(n, generator=gen, dtype=dtype)
     return x, z
@@ -82,12 +74,11 @@ def toy_2d(name: str, n: int, *, noise: float = 0.05, seed: int | None = None,
     ``two_moons``, ``swiss_roll`` and ``checkerboard``. ``noise`` scales the jitter of the
     continuous-shape sets.
     """
-    n = _check_n(n)
+    n = V.positive_int("n", n)
     if name not in TOY_2D:
         raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_2D)}")
-    if noise < 0:
-        raise ValueError("noise must be non-negative")
-    g = _generator(seed, generator)
+    V.number("noise", noise, nonnegative=True)
+    g = V.generator(seed, generator)
 
     def randn(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -187,8 +178,7 @@ def draw_shapes(shape, x, y, scale, *, size: int = 16, flat: bool = True,
 
     Returns images in [0, 1] of shape ``(n, size * size)``, or ``(n, 1, size, size)`` when ``flat=False``.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 4:
-        raise ValueError(f"size must be an int >= 4, got {size!r}")
+    V.integer("size", size, minimum=4)
     work = torch.float64 if dtype == torch.float64 else torch.float32
     ids = _shape_ids(shape)
     ids, x, y, scale = torch.broadcast_tensors(ids, *(torch.as_tensor(v, dtype=work) for v in (x, y, scale)))
@@ -233,12 +223,12 @@ def shapes(n: int, *, size: int = 16, kinds: Sequence[str] = SHAPES, seed: int |
     ``return_factors=True``, ``(images, factors)`` where ``factors`` maps each name of
     :data:`SHAPE_FACTORS` to a tensor of shape ``(n,)``: ``shape`` (long), ``x``, ``y``, ``scale`` (``dtype``).
     """
-    n = _check_n(n)
+    n = V.positive_int("n", n)
     if isinstance(kinds, str):
         kinds = (kinds,)
     if not kinds or any(k not in SHAPES for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {', '.join(SHAPES)}, got {kinds!r}")
-    g = _generator(seed, generator)
+    g = V.generator(seed, generator)
     ids = torch.tensor([SHAPES.index(k) for k in kinds])
     shape = ids[torch.randint(len(ids), (n,), generator=g)]
     x = 0.25 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64)
@@ -465,7 +455,7 @@ def mnist(root: str | os.PathLike | None = None, *, split: str = "train", kind: 
     if binarize == "threshold":
         x = (x > 0.5).to(x.dtype)
     elif binarize == "stochastic":
-        x = torch.bernoulli(x, generator=_generator(seed, generator))
+        x = torch.bernoulli(x, generator=V.generator(seed, generator))
     x = x.reshape(len(x), -1) if flat else x.unsqueeze(1)
     return x.to(dtype), labels.long()
 

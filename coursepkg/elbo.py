@@ -9,8 +9,15 @@ For a latent variable model with joint ``log p(x, z)`` and any distribution ``q(
 - :class:`LinearGaussianModel` (probabilistic PCA / factor analysis) has an exact ``log p(x)``, an
   exact Gaussian posterior, and a closed-form ELBO for any Gaussian ``q``, so every identity of the
   chapter can be checked to round-off;
-- :class:`GaussianEncoder`, :func:`fit_encoder` and :func:`inference_gaps` do amortized inference
-  and split what it loses into the approximation gap and the amortization gap (Eq. ``gap-split``).
+- :class:`GaussianEncoder` and :func:`inference_gaps` do amortized inference and split what it loses
+  into the approximation gap and the amortization gap (Eq. ``gap-split``). The encoder is trained by the
+  one training loop, :func:`coursepkg.train.fit`, on the negative ELBO::
+
+      fit(encoder, x, lambda xb: -elbo(xb, model, encoder.q(xb), n_samples=4).estimate.mean(),
+          steps=2_000, lr=1e-2, batch_size=256, device=x.device)
+
+``log_joint`` is a callable ``log_joint(x, z)`` or any model with a ``log_joint`` method (the vocabulary of
+:mod:`coursepkg.models`, which :class:`LinearGaussianModel` and :class:`coursepkg.vae.VAE` speak).
 
 Conventions: ``x`` is ``(N, Dx)``; samples of ``z`` are ``(S, N, Dz)``; ``log_joint(x, z)`` returns
 ``(S, N)``. Estimates are per data point, ``(N,)``, with their standard errors.
@@ -25,7 +32,9 @@ import torch
 from torch import distributions as td
 from torch import nn
 
+from coursepkg import _validate as V
 from coursepkg import probability as P
+from coursepkg.models import Sample
 from coursepkg.probability import MonteCarloEstimate
 
 
@@ -34,8 +43,8 @@ from coursepkg.probability import MonteCarloEstimate
 # --------------------------------------------------------------------------------------------------
 def _log_weights(x: torch.Tensor, log_joint, q, n: int) -> torch.Tensor:
     """``log p(x, z_s) - log q(z_s | x)`` for ``z_s ~ q``, shape ``(n, N)``, differentiable through rsample."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise ValueError("x must be a tensor with a batch dimension first, e.g. (N, Dx)")
+    V.tensor("x", x, min_dim=1, expected="a tensor with a batch dimension first, e.g. (N, Dx)")
+    log_joint = _log_joint_function(log_joint)
     if not (hasattr(q, "rsample") and hasattr(q, "log_prob") and hasattr(q, "batch_shape")):
         raise TypeError(f"q must be a torch distribution with rsample and log_prob, got {type(q).__name__}")
     if not getattr(q, "has_rsample", True):
@@ -52,10 +61,13 @@ def _log_weights(x: torch.Tensor, log_joint, q, n: int) -> torch.Tensor:
     return log_p - q.log_prob(z)
 
 
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _log_joint_function(log_joint):
+    """The ``log_joint(x, z)`` callable: the argument itself, or the ``log_joint`` method of a model."""
+    fn = getattr(log_joint, "log_joint", log_joint)
+    if not callable(fn):
+        raise TypeError(f"log_joint must be a callable log_joint(x, z) or a model with a log_joint method, "
+                        f"got {type(log_joint).__name__}")
+    return fn
 
 
 def _estimate(values: torch.Tensor) -> MonteCarloEstimate:
@@ -69,11 +81,12 @@ def elbo(x: torch.Tensor, log_joint, q, n_samples: int = 1) -> MonteCarloEstimat
     """Monte Carlo estimate of the ELBO per data point (Eq. ``elbo-def``):
     ``(1/S) sum_s [log p(x, z_s) - log q(z_s | x)]``, ``z_s ~ q(z | x)`` reparameterized, so the
     estimate can be differentiated with respect to the parameters of ``q`` and of the model.
+    ``log_joint`` is a callable ``log_joint(x, z)`` or a model with a ``log_joint`` method.
 
     Returns ``MonteCarloEstimate(estimate (N,), stderr (N,), S)``; the standard error is NaN when
     ``n_samples == 1``.
     """
-    _check_count("n_samples", n_samples)
+    V.positive_int("n_samples", n_samples)
     return _estimate(_log_weights(x, log_joint, q, n_samples))
 
 
@@ -83,10 +96,10 @@ def iwae_bound(x: torch.Tensor, log_joint, q, k: int, n_estimates: int = 1) -> M
 
     ``k = 1`` is the ELBO; the bound's expectation does not decrease with ``k`` and tends to
     ``log p(x)``. ``n_estimates`` independent bounds are averaged, and their standard error returned
-    (NaN when ``n_estimates == 1``).
+    (NaN when ``n_estimates == 1``). ``log_joint`` is as in :func:`elbo`.
     """
-    _check_count("k", k)
-    _check_count("n_estimates", n_estimates)
+    V.positive_int("k", k)
+    V.positive_int("n_estimates", n_estimates)
     log_w = _log_weights(x, log_joint, q, k * n_estimates).view(n_estimates, k, x.shape[0])
     bounds = torch.logsumexp(log_w, dim=1) - math.log(k)      # (n_estimates, N)
     return _estimate(bounds)
@@ -101,18 +114,19 @@ class LinearGaussianModel:
     With an isotropic ``noise_var`` this is probabilistic PCA; with a diagonal one, factor analysis.
     The marginal ``p(x) = N(b, W W^T + diag(noise_var))`` and the posterior ``p(z | x)`` are Gaussian
     and exact (chapter 01, Eqs. ``linear-gaussian-marginal`` and ``linear-gaussian-posterior``).
+
+    It speaks the vocabulary of :class:`coursepkg.models.LatentVariableModel`: :meth:`log_likelihood` is
+    the exact ``log p(x)``, :meth:`log_px_given_z` is ``log p(x | z)``, :meth:`log_joint` and :meth:`sample`.
     """
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, noise_var: float | torch.Tensor = 1.0):
-        if not isinstance(W, torch.Tensor) or W.dim() != 2 or not W.is_floating_point():
-            raise ValueError("W must be a floating-point (Dx, Dz) matrix")
+        V.tensor("W", W, shape=("Dx", "Dz"), floating=True)
         Dx, Dz = W.shape
         b = torch.zeros(Dx, dtype=W.dtype, device=W.device) if b is None else b
         noise_var = torch.as_tensor(noise_var, dtype=W.dtype, device=W.device)
         if noise_var.dim() == 0:
             noise_var = noise_var.expand(Dx).clone()
-        if not isinstance(b, torch.Tensor) or tuple(b.shape) != (Dx,):
-            raise ValueError(f"b must have shape ({Dx},), got {tuple(b.shape) if isinstance(b, torch.Tensor) else b}")
+        V.tensor("b", b, shape=(Dx,))
         if tuple(noise_var.shape) != (Dx,) or torch.any(noise_var <= 0):
             raise ValueError(f"noise_var must be a positive number or a positive vector of shape ({Dx},)")
         self.W, self.b, self.noise_var = W, b.to(W), noise_var
@@ -122,16 +136,8 @@ class LinearGaussianModel:
         return torch.eye(self.z_dim, dtype=self.W.dtype, device=self.W.device)
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.x_dim:
-            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (N, {self.x_dim}), got {got}")
-        self._check_dtype("x", x)
-        return x
-
-    def _check_dtype(self, name: str, t: torch.Tensor) -> None:
-        if t.dtype != self.W.dtype or t.device != self.W.device:
-            raise ValueError(f"{name} is {t.dtype} on {t.device} but the model is {self.W.dtype} on {self.W.device}; "
-                             f"convert one of them (e.g. {name}.to(model.W))")
+        V.tensor("x", x, shape=("N", self.x_dim))
+        return V.same_dtype_device("x", x, self.W, "the model")
 
     @property
     def prior(self) -> td.MultivariateNormal:
@@ -145,7 +151,7 @@ class LinearGaussianModel:
                                                self._eye(), torch.diag(self.noise_var))
         return td.MultivariateNormal(mean, covariance_matrix=cov)
 
-    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """The exact ``log p(x) = log N(x; b, W W^T + Psi)``, ``(N,)`` (Eq. ``linear-gaussian-marginal``).
 
         With ``Psi = diag(noise_var)``, ``r = x - b`` and the posterior precision
@@ -162,20 +168,19 @@ class LinearGaussianModel:
         logdet = torch.log(self.noise_var).sum() + 2 * torch.log(torch.diagonal(L)).sum()
         return -0.5 * (self.x_dim * math.log(2 * math.pi) + logdet + quad)
 
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``log p(x | z)``: ``x`` (N, Dx), ``z`` (..., N, Dz) -> (..., N)."""
+    def log_px_given_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``log p(x | z) = log N(x; W z + b, diag(noise_var))``: ``x`` (N, Dx), ``z`` (..., N, Dz) -> (..., N)."""
         x = self._check_x(x)
-        if not isinstance(z, torch.Tensor) or z.dim() < 2 or z.shape[-1] != self.z_dim or z.shape[-2] != x.shape[0]:
-            got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        V.tensor("z", z, min_dim=2)
+        if z.shape[-1] != self.z_dim or z.shape[-2] != x.shape[0]:
             raise ValueError(f"z must have shape (..., {x.shape[0]}, {self.z_dim}) for x of shape {list(x.shape)}; "
-                             f"got {got}")
-        self._check_dtype("z", z)
+                             f"got {list(z.shape)}")
+        V.same_dtype_device("z", z, self.W, "the model")
         return P.gaussian_log_prob(x, z @ self.W.T + self.b, torch.log(self.noise_var))
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``log p(x, z) = log p(z) + log p(x | z)``: ``x`` (N, Dx), ``z`` (..., N, Dz) -> (..., N)."""
-        log_lik = self.log_likelihood(x, z)
-        return log_lik + P.gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+        return self.log_px_given_z(x, z) + P.gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
 
     def posterior(self, x: torch.Tensor) -> td.MultivariateNormal:
         """The exact posterior ``p(z | x) = N(Lambda^-1 W^T Psi^-1 (x - b), Lambda^-1)``, one Gaussian per data
@@ -222,13 +227,13 @@ class LinearGaussianModel:
         recon, kl = self.elbo_terms(x, q)
         return recon - kl
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ancestral samples ``(x (n, Dx), z (n, Dz))``."""
-        _check_count("n", n)
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Sample:
+        """Ancestral samples ``Sample(x (n, Dx), z (n, Dz))``: ``z ~ N(0, I)``, then ``x ~ p(x | z)``."""
+        V.positive_int("n", n)
         opts = {"dtype": self.W.dtype, "device": self.W.device, "generator": generator}
         z = torch.randn(n, self.z_dim, **opts)
         x = z @ self.W.T + self.b + self.noise_var.sqrt() * torch.randn(n, self.x_dim, **opts)
-        return x, z
+        return Sample(x, z)
 
 
 def gaussian_mean_cov(q, n: int | None = None, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,11 +274,11 @@ class GaussianEncoder(nn.Module):
     def __init__(self, x_dim: int, z_dim: int, hidden: tuple[int, ...] = (), bottleneck: int | None = None):
         super().__init__()
         for name, v in (("x_dim", x_dim), ("z_dim", z_dim), *((f"hidden[{i}]", h) for i, h in enumerate(hidden))):
-            _check_count(name, v)
+            V.positive_int(name, v)
         layers: list[nn.Module] = []
         width = x_dim
         if bottleneck is not None:
-            layers.append(nn.Linear(x_dim, _check_count("bottleneck", bottleneck), bias=False))
+            layers.append(nn.Linear(x_dim, V.positive_int("bottleneck", bottleneck), bias=False))
             width = bottleneck
         for h in hidden:
             layers += [nn.Linear(width, h), nn.SiLU()]
@@ -284,9 +289,7 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``(N, Dz)``."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.x_dim:
-            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (N, {self.x_dim}), got {got}")
+        V.tensor("x", x, shape=("N", self.x_dim))
         mu, logvar = self.net(x).chunk(2, dim=-1)
         return mu, logvar
 
@@ -294,39 +297,6 @@ class GaussianEncoder(nn.Module):
         """``q(z | x)`` as a torch distribution with batch shape ``(N,)``."""
         mu, logvar = self(x)
         return td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
-
-
-def fit_encoder(encoder: GaussianEncoder, x: torch.Tensor, log_joint, *, steps: int = 2000, lr: float = 1e-2,
-                batch_size: int | None = 256, n_samples: int = 1, seed: int = 0) -> list[float]:
-    """Train ``encoder`` to maximise the mean Monte Carlo ELBO :func:`elbo` of the data ``x`` under a
-    fixed model ``log_joint`` with Adam (amortized variational inference, Eq. ``amortized-objective``).
-
-    The model's parameters are not touched. ``seed`` fixes the order of the minibatches; the
-    reparameterization noise comes from torch's global generator (seed it with
-    :func:`coursepkg.config.seed_everything`). Returns the history of the minibatch ELBO, one value a step.
-    """
-    _check_count("steps", steps)
-    _check_count("n_samples", n_samples)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    param = next(encoder.parameters())
-    x = x.to(param)
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    opt = torch.optim.Adam(encoder.parameters(), lr=lr)
-    history = []
-    for _ in range(steps):
-        if batch_size is None or batch_size >= x.shape[0]:
-            xb = x
-        else:
-            xb = x[torch.randint(x.shape[0], (batch_size,), device=x.device, generator=gen)]
-        loss = -elbo(xb, log_joint, encoder.q(xb), n_samples).estimate.mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the ELBO became {loss.item()} at step {len(history)}; lower lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(-loss.item())
-    return history
 
 
 class InferenceGaps(NamedTuple):
@@ -353,5 +323,5 @@ def inference_gaps(model: LinearGaussianModel, x: torch.Tensor, encoder: Gaussia
     """Exact ``log p(x)``, the best diagonal-Gaussian ELBO and the encoder's ELBO on ``x`` (no sampling)."""
     with torch.no_grad():
         q_enc = encoder.q(x.to(next(encoder.parameters())))
-        return InferenceGaps(model.log_marginal(x), model.exact_elbo(x, model.mean_field_posterior(x)),
+        return InferenceGaps(model.log_likelihood(x), model.exact_elbo(x, model.mean_field_posterior(x)),
                              model.exact_elbo(x, q_enc))

@@ -30,6 +30,8 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import distributions as td
 
+from coursepkg import _validate as V
+
 
 class GradientEstimate(NamedTuple):
     """A Monte Carlo gradient: the mean of ``n`` per-sample gradients, their (unbiased) variance over the
@@ -56,17 +58,6 @@ Params = torch.Tensor | Sequence[torch.Tensor]
 # --------------------------------------------------------------------------------------------------
 # input checking
 # --------------------------------------------------------------------------------------------------
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_callable(name: str, value) -> None:
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-
-
 def _check_params(params: Params) -> tuple[list[torch.Tensor], bool]:
     """Detached copies of the parameters (the estimators differentiate functions of them) and whether one was given."""
     single = isinstance(params, torch.Tensor)
@@ -75,9 +66,7 @@ def _check_params(params: Params) -> tuple[list[torch.Tensor], bool]:
         raise TypeError(f"params must be a tensor or a non-empty list/tuple of tensors, got {type(params).__name__}")
     for i, p in enumerate(seq):
         name = "params" if single else f"params[{i}]"
-        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
-            got = f"dtype {p.dtype}" if isinstance(p, torch.Tensor) else type(p).__name__
-            raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+        V.tensor(name, p, floating=True)
         if not p.requires_grad:
             raise ValueError(f"{name} must require grad: it is a parameter to differentiate "
                              "(create it with requires_grad=True)")
@@ -85,7 +74,7 @@ def _check_params(params: Params) -> tuple[list[torch.Tensor], bool]:
 
 
 def _build(dist: Callable[..., td.Distribution], params: list[torch.Tensor]) -> td.Distribution:
-    _check_callable("dist", dist)
+    V.function("dist", dist)
     d = dist(*params)
     if not isinstance(d, td.Distribution):
         raise TypeError(f"dist(*params) must return a torch.distributions.Distribution, got {type(d).__name__}")
@@ -176,9 +165,9 @@ def score_function_grad(f: Callable[[torch.Tensor], torch.Tensor], dist: Callabl
 
     Returns a :class:`GradientEstimate` per parameter (one, or a list when ``params`` is a sequence).
     """
-    _check_callable("f", f)
+    V.function("f", f)
     leaves, single = _check_params(params)
-    n = _check_count("n_samples", n_samples)
+    n = V.positive_int("n_samples", n_samples)
     with torch.no_grad():
         z = _build(dist, leaves).sample((n,))
         fz = _values(f, z, n)
@@ -205,9 +194,9 @@ def reparam_grad(f: Callable[[torch.Tensor], torch.Tensor], dist: Callable[..., 
     (for a Gaussian, ``z = mu + sigma * eps``); ``f`` must be differentiable. Returns a
     :class:`GradientEstimate` per parameter (one, or a list when ``params`` is a sequence).
     """
-    _check_callable("f", f)
+    V.function("f", f)
     leaves, single = _check_params(params)
-    n = _check_count("n_samples", n_samples)
+    n = V.positive_int("n_samples", n_samples)
     d = _build(dist, leaves)
     if not d.has_rsample:
         raise TypeError(f"{type(d).__name__} has no rsample: its samples are not a differentiable function of the "
@@ -234,11 +223,8 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     forward value is *exactly* ``hard`` in floating point (for a finite ``soft``). No gradient reaches
     ``hard``. Both have the same shape; ``hard`` may be an integer or bool tensor.
     """
-    if not isinstance(soft, torch.Tensor) or not soft.is_floating_point():
-        got = f"dtype {soft.dtype}" if isinstance(soft, torch.Tensor) else type(soft).__name__
-        raise TypeError(f"soft must be a floating-point tensor, got {got}")
-    if not isinstance(hard, torch.Tensor):
-        raise TypeError(f"hard must be a torch.Tensor, got {type(hard).__name__}")
+    V.tensor("soft", soft, floating=True)
+    V.tensor("hard", hard)
     if hard.shape != soft.shape:
         raise ValueError(f"hard and soft must have the same shape, got {list(hard.shape)} and {list(soft.shape)}")
     return hard.detach().to(soft.dtype) + (soft - soft.detach())
@@ -255,18 +241,11 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False,
     vector, and as ``tau -> inf`` to the uniform ``1/K``. ``hard=True`` returns the one-hot vector itself
     with the gradient of ``y`` (:func:`straight_through`). ``generator`` fixes the noise.
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() == 0:
-        got = (f"dtype {logits.dtype}, shape {list(logits.shape)}" if isinstance(logits, torch.Tensor)
-               else type(logits).__name__)
-        raise TypeError(f"logits must be a floating-point tensor of shape (..., K), got {got}")
-    if isinstance(tau, bool) or not isinstance(tau, (int, float, torch.Tensor)) or (
-            isinstance(tau, torch.Tensor) and tau.numel() != 1):
-        raise TypeError(f"tau must be a positive number, got {tau!r}")
-    if not (math.isfinite(float(tau)) and float(tau) > 0):
-        raise ValueError(f"tau must be a positive temperature, got {float(tau)}")
+    V.tensor("logits", logits, floating=True, min_dim=1, expected="a floating-point tensor of shape (..., K)")
+    tau = V.number("tau", tau, positive=True)
     u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
     g = -torch.log(-torch.log(u.clamp_min(torch.finfo(logits.dtype).tiny)))
-    y_soft = torch.softmax((logits + g) / float(tau), dim=-1)
+    y_soft = torch.softmax((logits + g) / tau, dim=-1)
     if not hard:
         return y_soft
     y_hard = torch.nn.functional.one_hot(y_soft.argmax(-1), logits.shape[-1])

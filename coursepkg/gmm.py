@@ -4,7 +4,9 @@ A mixture with K components in D dimensions is the generative story ``z ~ Cat(we
 ``x | z=k ~ N(means[k], covariances[k])`` (Eq. ``gmm-generative``). This module evaluates it, infers
 ``z`` (the E-step) and fits it by EM, on the CPU or a GPU, in float32 or float64:
 
-- :class:`GMM` holds ``weights (K,)``, ``means (K, D)`` and ``covariances (K, D, D)``;
+- :class:`GMM` holds ``weights (K,)``, ``means (K, D)`` and ``covariances (K, D, D)``, and speaks the
+  vocabulary of :class:`coursepkg.models.LatentVariableModel` (``gmm.log_likelihood(x)``, ``log_joint``,
+  ``log_px_given_z``, ``sample``), by calling the functions below;
 - :func:`joint_log_prob` ``log p(x, z=k)`` ``(N, K)``, :func:`log_likelihood` ``log p(x)`` ``(N,)``;
 - :func:`e_step` responsibilities ``(N, K)``, :func:`m_step` the closed-form update, :func:`elbo`;
 - :func:`fit` the EM loop, from a :class:`GMM` or a named initialisation (``"kmeans++"``, ``"random"``).
@@ -25,6 +27,9 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
+
+from coursepkg import _validate as V
+from coursepkg.models import Sample
 
 LOG_2PI = math.log(2.0 * math.pi)
 _CHUNK_ELEMENTS = 1 << 18  # rows per chunk * K * D: temporaries of ~2 MB stay in cache (measured fastest)
@@ -94,34 +99,55 @@ class GMM:
         """A copy on ``device`` and/or in ``dtype``."""
         return GMM(*(t.to(device=device, dtype=dtype) for t in (self.weights, self.means, self.covariances)))
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Sample:
         """Draw ``n`` points by ancestral sampling (Eq. ``gmm-generative``): ``z ~ Cat(weights)``, then
-        ``x = means[z] + L[z] eps`` with ``L L^T = covariances[z]``. Returns ``(x (n, D), z (n,))``
+        ``x = means[z] + L[z] eps`` with ``L L^T = covariances[z]``. Returns ``Sample(x (n, D), z (n,))``
         like scikit-learn's ``GaussianMixture.sample``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        V.positive_int("n", n)
         dev = self.device if generator is None else generator.device
         z = torch.multinomial(self.weights.to(dev), n, replacement=True, generator=generator).to(self.device)
         eps = torch.randn(n, self.dim, 1, generator=generator, dtype=self.dtype, device=dev).to(self.device)
         L = torch.linalg.cholesky(self.covariances)
-        return self.means[z] + (L[z] @ eps).squeeze(-1), z
+        return Sample(self.means[z] + (L[z] @ eps).squeeze(-1), z)
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x_n)``, ``(N,)``: :func:`log_likelihood` (Eq. ``gmm-marginal``)."""
+        return log_likelihood(x, self)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``log p(x_n, z_n) = log pi_z + log N(x_n; mu_z, Sigma_z)`` for component indices ``z`` (long)
+        of shape ``(..., N)``, returning ``(..., N)``: the entries of :func:`joint_log_prob` (Eq. ``gmm-joint``)."""
+        return _pick(joint_log_prob(x, self), z)
+
+    def log_px_given_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``log p(x_n | z_n) = log N(x_n; mu_z, Sigma_z)`` for component indices ``z`` ``(..., N)`` -> ``(..., N)``."""
+        x = _check_x(x)
+        gmm = _match(x, self)
+        return _pick(_log_gaussians(x, gmm.means, precision_cholesky(gmm.covariances)), z)
+
+
+def _pick(table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``table[n, z[..., n]]`` for a table ``(N, K)`` and component indices ``z`` ``(..., N)``."""
+    N, K = table.shape
+    V.tensor("z", z)
+    if z.is_floating_point() or z.dtype == torch.bool:
+        raise TypeError(f"z must be a tensor of component indices (long), got dtype {z.dtype}")
+    if z.dim() < 1 or z.shape[-1] != N:
+        raise ValueError(f"z must have shape (..., {N}), one component index per row of x; got {list(z.shape)}")
+    if z.numel() and (z.min() < 0 or z.max() >= K):
+        raise ValueError(f"z must hold component indices in 0..{K - 1}")
+    z = z.to(table.device)
+    return table[torch.arange(N, device=table.device).expand_as(z), z]
 
 
 # --------------------------------------------------------------------------------------------------
 # input checking
 # --------------------------------------------------------------------------------------------------
 def _check_x(x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape (N, D), got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"x must have shape (N, D), got {list(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be floating point (float32 or float64), got {x.dtype}")
+    V.tensor("x", x, shape=("N", "D"), floating=True, expected="a floating-point tensor of shape (N, D)")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"x is empty: shape {list(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or inf")
-    return x
+    return V.tensor("x", x, finite=True)
 
 
 def _match(x: torch.Tensor, gmm: GMM) -> GMM:
@@ -217,9 +243,7 @@ def m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float = 1e-6) -> GMM:
         resp = resp.to(dtype=x.dtype, device=x.device)
     if not torch.isfinite(resp).all() or torch.any(resp < 0):
         raise ValueError("resp must be finite and non-negative")
-    if reg_covar < 0:
-        raise ValueError(f"reg_covar must be non-negative, got {reg_covar}")
-    return _m_step(x, resp, reg_covar)
+    return _m_step(x, resp, V.number("reg_covar", reg_covar, nonnegative=True))
 
 
 def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float) -> GMM:
@@ -277,23 +301,14 @@ def elbo(x: torch.Tensor, gmm: GMM, resp: torch.Tensor) -> torch.Tensor:
 INITS = ("kmeans++", "random")
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
-    return g
-
-
 def init_kmeans_pp(x: torch.Tensor, k: int, *, seed: int | None = None, reg_covar: float = 1e-6) -> GMM:
     """k-means++ seeding (Arthur and Vassilvitskii, 2007): the first centre uniformly at random, each
     next one with probability proportional to the squared distance to the nearest centre chosen so
     far. Points are assigned to their nearest centre, and one M-step turns that hard assignment
-    into a GMM."""
+    into a GMM. ``seed=None`` draws the seed from torch's global generator (:func:`coursepkg._validate.generator`)."""
     x = _check_x(x)
     _check_k(x, k)
-    g = _generator(seed, x.device)
+    g = V.generator(seed, device=x.device)
     N = x.shape[0]
     centres = [x[torch.randint(N, (1,), generator=g, device=x.device)]]
     d2 = ((x - centres[0]) ** 2).sum(1)
@@ -310,10 +325,10 @@ def init_kmeans_pp(x: torch.Tensor, k: int, *, seed: int | None = None, reg_cova
 
 def init_random(x: torch.Tensor, k: int, *, seed: int | None = None, reg_covar: float = 1e-6) -> GMM:
     """``k`` distinct data points as means, the covariance of the whole data set for every
-    component, equal weights."""
+    component, equal weights. ``seed`` as in :func:`init_kmeans_pp`."""
     x = _check_x(x)
     _check_k(x, k)
-    g = _generator(seed, x.device)
+    g = V.generator(seed, device=x.device)
     idx = torch.randperm(x.shape[0], generator=g, device=x.device)[:k]
     D = x.shape[1]
     if x.shape[0] > 1:
@@ -326,8 +341,7 @@ def init_random(x: torch.Tensor, k: int, *, seed: int | None = None, reg_covar: 
 
 
 def _check_k(x: torch.Tensor, k) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    V.positive_int("k", k)
     if k > x.shape[0]:
         raise ValueError(f"k={k} components is more than the N={x.shape[0]} data points")
 
@@ -365,14 +379,10 @@ def fit(x: torch.Tensor, k: int, init: str | GMM = "kmeans++", max_iter: int = 1
     """
     x = _check_x(x)
     _check_k(x, k)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
-    if not (tol >= 0):
-        raise ValueError(f"tol must be non-negative, got {tol!r}")
-    if not (reg_covar >= 0):
-        raise ValueError(f"reg_covar must be non-negative, got {reg_covar!r}")
-    if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
-        raise ValueError(f"n_init must be a positive int, got {n_init!r}")
+    V.integer("max_iter", max_iter, minimum=0)
+    tol = V.number("tol", tol, nonnegative=True)
+    reg_covar = V.number("reg_covar", reg_covar, nonnegative=True)
+    V.positive_int("n_init", n_init)
     if isinstance(init, GMM):
         if n_init != 1:
             raise ValueError("n_init > 1 needs a named initialisation, not a fixed GMM")
@@ -452,8 +462,7 @@ def _prior_samples(x, gmm, n_samples, generator):
     """Check the inputs, draw ``z_s ~ Cat(weights)`` (S,) and return ``log p(x_n | z_s)`` (N, S)."""
     x = _check_x(x)
     gmm = _match(x, gmm)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    V.positive_int("n_samples", n_samples)
     dev = x.device if generator is None else generator.device
     z = torch.multinomial(gmm.weights.to(dev), n_samples, replacement=True, generator=generator).to(x.device)
     log_cond = _log_gaussians(x, gmm.means, precision_cholesky(gmm.covariances))[:, z]

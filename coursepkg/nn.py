@@ -27,11 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+from coursepkg import _validate as V
 
 
 def _widths(name: str, value, *, empty: bool = True) -> tuple[int, ...]:
@@ -41,7 +37,7 @@ def _widths(name: str, value, *, empty: bool = True) -> tuple[int, ...]:
         raise TypeError(f"{name} must be a tuple of positive ints, e.g. (400,), got {type(value).__name__}")
     if not value and not empty:
         raise ValueError(f"{name} must name at least one layer, e.g. (32, 64); got {value!r}")
-    return tuple(_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    return tuple(V.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
 def _activation(value) -> type[nn.Module]:
@@ -54,7 +50,7 @@ def _activation(value) -> type[nn.Module]:
 def _image_shape(name: str, value) -> tuple[int, int, int]:
     if not isinstance(value, Sequence) or len(value) != 3:
         raise ValueError(f"{name} must be (channels, height, width), e.g. (1, 28, 28), got {value!r}")
-    return tuple(_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))  # type: ignore[return-value]
+    return tuple(V.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))  # type: ignore[return-value]
 
 
 def _halvings(size: int, times: int) -> list[int]:
@@ -76,7 +72,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.SiLU):
         super().__init__()
-        self.in_dim, self.out_dim = _positive_int("in_dim", in_dim), _positive_int("out_dim", out_dim)
+        self.in_dim, self.out_dim = V.positive_int("in_dim", in_dim), V.positive_int("out_dim", out_dim)
         self.hidden = _widths("hidden", hidden)
         act = _activation(activation)
         layers: list[nn.Module] = []
@@ -108,7 +104,7 @@ class ConvEncoder(nn.Module):
                  channels: Sequence[int] = (32, 64), activation: type[nn.Module] = nn.SiLU):
         super().__init__()
         self.in_shape = _image_shape("in_shape", in_shape)
-        self.out_dim = _positive_int("out_dim", out_dim)
+        self.out_dim = V.positive_int("out_dim", out_dim)
         self.channels = _widths("channels", channels, empty=False)
         act = _activation(activation)
         C, H, W = self.in_shape
@@ -145,7 +141,7 @@ class ConvDecoder(nn.Module):
     def __init__(self, in_dim: int, out_shape: Sequence[int],
                  channels: Sequence[int] = (64, 32), activation: type[nn.Module] = nn.SiLU, flat: bool = False):
         super().__init__()
-        self.in_dim = _positive_int("in_dim", in_dim)
+        self.in_dim = V.positive_int("in_dim", in_dim)
         self.out_shape = _image_shape("out_shape", out_shape)
         self.channels = _widths("channels", channels, empty=False)
         self.flat = bool(flat)
@@ -165,9 +161,7 @@ class ConvDecoder(nn.Module):
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.in_dim:
-            got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"z must have shape (N, {self.in_dim}), got {got}")
+        V.tensor("z", z, shape=("N", self.in_dim))
         x = self.deconv(self.head(z).reshape(-1, *self.start))
         return x.flatten(1) if self.flat else x
 
@@ -181,7 +175,7 @@ class MaskedLinear(nn.Linear):
     with the module, and is saved in its ``state_dict``)."""
 
     def __init__(self, in_features: int, out_features: int, mask: torch.Tensor, bias: bool = True):
-        super().__init__(_positive_int("in_features", in_features), _positive_int("out_features", out_features),
+        super().__init__(V.positive_int("in_features", in_features), V.positive_int("out_features", out_features),
                          bias=bias)
         mask = torch.as_tensor(mask)
         if tuple(mask.shape) != (out_features, in_features):
@@ -219,7 +213,7 @@ class AutoregressiveDecoder(nn.Module):
 
     def __init__(self, latent_dim: int, x_dim: int, hidden: Sequence[int] = (), activation: type[nn.Module] = nn.ReLU):
         super().__init__()
-        self.latent_dim, self.x_dim = _positive_int("latent_dim", latent_dim), _positive_int("x_dim", x_dim)
+        self.latent_dim, self.x_dim = V.positive_int("latent_dim", latent_dim), V.positive_int("x_dim", x_dim)
         self.hidden = _widths("hidden", hidden)
         act = _activation(activation)
         D = self.x_dim
@@ -237,9 +231,7 @@ class AutoregressiveDecoder(nn.Module):
         self.z_out = nn.Linear(self.latent_dim, D, bias=False)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_dim:
-            got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {got}")
+        V.tensor("z", z, shape=("N", self.latent_dim))
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or tuple(x.shape) != (z.shape[0], self.x_dim):
             got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (N, {self.x_dim}) = ({z.shape[0]}, {self.x_dim}) to match z, "
@@ -257,7 +249,11 @@ class AutoregressiveDecoder(nn.Module):
         :math:`\mathrm{Bernoulli}(\sigma(\ell_i(x_{<i}, z)))` given the pixels drawn before it.
 
         Returns ``(x, probs)``, both ``(N, D)``: the binary sample, and each pixel's conditional probability
-        :math:`p(x_i = 1 \mid x_{<i}, z)` along it (a less noisy picture of the same sample)."""
+        :math:`p(x_i = 1 \mid x_{<i}, z)` along it (a less noisy picture of the same sample).
+
+        This is a decoder's sampler of :math:`p(x \mid z)` for given latents, not a model's ``sample(n)``
+        (:class:`coursepkg.models.Sample`): the model that owns the decoder, :meth:`coursepkg.vae.VAE.sample`,
+        draws ``z`` from the prior, calls this, and returns ``Sample(x, z)``."""
         x = torch.zeros(z.shape[0], self.x_dim, dtype=z.dtype, device=z.device)
         probs = torch.zeros_like(x)
         for i in range(self.x_dim):

@@ -13,23 +13,17 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from coursepkg import _validate as V
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------------------------------
-# input checking: a clear ValueError naming the argument, never a broadcasting error from deep in torch
+# input checking: a clear error naming the argument, never a broadcasting error from deep in torch
 # --------------------------------------------------------------------------------------------------
 def _tensor(name: str, value, *, like: torch.Tensor | None = None) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        t = value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = torch.tensor(float(value), dtype=like.dtype if like is not None else torch.get_default_dtype(),
-                         device=like.device if like is not None else None)
-    else:
-        raise TypeError(f"{name} must be a torch.Tensor or a number, got {type(value).__name__}")
-    if not (t.is_floating_point()):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    return t
+    """An argument of the formulas below: a floating-point tensor, or a number (in ``like``'s dtype and device)."""
+    return V.tensor(name, value, floating=True, numbers=True, like=like)
 
 
 def _broadcast(**named: torch.Tensor) -> torch.Size:
@@ -237,10 +231,9 @@ def monte_carlo(f: Callable[[torch.Tensor], torch.Tensor], sample: Callable[[int
     Evaluates in batches of ``batch_size`` (default: all at once) to bound memory.
     Returns the estimate and its standard error.
     """
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
-        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    V.integer("n_samples", n_samples, minimum=2)
+    if batch_size is not None:
+        V.positive_int("batch_size", batch_size)
     chunks, done = [], 0
     step = batch_size or n_samples
     while done < n_samples:

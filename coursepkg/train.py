@@ -10,12 +10,12 @@
     history = fit(model, x, steps=budget(quick=2_000, full=50_000), lr=1e-3, checkpoint="vae.pt")
     history.plot()
 
-``fit`` minimises ``model.loss(batch)`` (or any ``loss=``) with Adam on minibatches of ``data``, shows a
-progress bar, stops with :class:`TrainingDiverged` when the loss turns NaN or infinite, and returns the
-:class:`History` of every step. With ``checkpoint=path`` it saves the model, the optimizer, every random
-generator, the step and the history to ``path`` as it goes, and a later call with the same arguments
-(a fresh kernel, after a Colab disconnect) resumes from it: exactly the run that would have happened
-without the interruption.
+``fit`` minimises ``model.loss(batch)`` (a :class:`coursepkg.models.TrainableModel`; or any ``loss=``) with
+Adam on minibatches of ``data``, shows a progress bar, stops with :class:`TrainingDiverged` when the loss
+turns NaN or infinite, and returns the :class:`History` of every step. With ``checkpoint=path`` it saves the
+model, the optimizer, every random generator, the step and the history to ``path`` as it goes, and a later
+call with the same arguments (a fresh kernel, after a Colab disconnect) resumes from it: exactly the run that
+would have happened without the interruption.
 
 Budgets. ``steps`` (or ``epochs``) is a plain int; a notebook picks it by profile with
 :func:`coursepkg.config.budget`, ``steps=budget(quick=2_000, full=50_000)``, the one way the course
@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from coursepkg import _validate as V
 from coursepkg import config
 
 CHECKPOINT_VERSION = 1
@@ -141,9 +142,7 @@ class _Batches:
     """
 
     def __init__(self, data, batch_size: int | None, seed: int, device: torch.device):
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None (the whole data set), got {batch_size!r}")
+        V.positive_int("batch_size", batch_size, none="the whole data set")
         self.device, self.batch_size = device, batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.perm: torch.Tensor | None = None
@@ -233,15 +232,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------------------------------
 # argument handling
 # --------------------------------------------------------------------------------------------------
-def _count(name: str, value) -> int:
-    if isinstance(value, Mapping):
-        raise TypeError(f"{name} must be an int; choose it by profile with "
-                        f"{name}=coursepkg.config.budget(quick=..., full=...), not a dict")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _takes_step(fn) -> bool:
     try:
         p = inspect.signature(fn).parameters.get("step")
@@ -282,8 +272,7 @@ def _make_optimizer(optimizer, model: nn.Module, lr: float | None) -> torch.opti
         raise TypeError(f"optimizer must be an optimizer class (torch.optim.Adam), a factory "
                         f"f(params, lr=...) or an Optimizer; got {type(optimizer).__name__}")
     lr = 1e-3 if lr is None else lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    V.number("lr", lr, positive=True)
     return optimizer(model.parameters(), lr=lr)
 
 
@@ -308,7 +297,10 @@ def fit(model: nn.Module, data, loss: Callable | None = None, *, steps: int | No
       (0-based) when it has a parameter named ``step`` (e.g. for KL annealing:
       ``loss=lambda x, step: model.loss(x, beta=min(1, step / 1000))``). It returns a scalar tensor, or a
       dict whose ``"loss"`` entry is minimised and whose other scalar entries are logged. Default:
-      ``model.loss``.
+      ``model.loss`` (a :class:`coursepkg.models.TrainableModel`). Any objective works: amortized inference
+      (chapter 03) trains an encoder on the ELBO of a fixed model,
+      ``fit(encoder, x, lambda xb: -elbo(xb, model, encoder.q(xb)).estimate.mean(), ...)``; only the
+      parameters of ``model`` (here the encoder) are updated.
     - ``steps`` or ``epochs`` (exactly one): the length of the whole run, counted from its start (a
       resumed run goes on to the same ``steps``). Use ``steps=budget(quick=..., full=...)``.
     - ``lr`` (default ``1e-3``) and ``optimizer``: a class or factory called as
@@ -339,20 +331,19 @@ def fit(model: nn.Module, data, loss: Callable | None = None, *, steps: int | No
         raise TypeError(f"{type(model).__name__} has no loss method; pass loss=f, f(batch) -> scalar or dict")
     if steps is not None and epochs is not None or steps is None and epochs is None:
         raise ValueError("give exactly one of steps and epochs")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
-    if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, (int, float))
-                                       or not clip_grad_norm > 0):
-        raise ValueError(f"clip_grad_norm must be a positive number or None, got {clip_grad_norm!r}")
+    V.seed_int(seed)
+    if clip_grad_norm is not None:
+        V.number("clip_grad_norm", clip_grad_norm, positive=True)
     dev = torch.device(device) if device is not None else config.device()
     model.to(dev)
     batches = _Batches(data, batch_size, int(seed), dev)
-    total = _count("steps", steps) if steps is not None else _count("epochs", epochs) * batches.per_epoch
+    total = (V.positive_int("steps", steps) if steps is not None
+             else V.positive_int("epochs", epochs) * batches.per_epoch)
     opt = _make_optimizer(optimizer, model, lr)
     sched = schedule(opt) if schedule is not None else None
-    log_every = max(1, total // 100) if log_every is None else _count("log_every", log_every)
-    checkpoint_every = max(1, total // 20) if checkpoint_every is None else _count("checkpoint_every",
-                                                                                   checkpoint_every)
+    log_every = max(1, total // 100) if log_every is None else V.positive_int("log_every", log_every)
+    checkpoint_every = (max(1, total // 20) if checkpoint_every is None
+                        else V.positive_int("checkpoint_every", checkpoint_every))
     takes_step = _takes_step(loss_fn)
     path = Path(checkpoint) if checkpoint is not None else None
 

@@ -29,6 +29,10 @@ Reconstruction terms (summed over the ``D`` pixels):
 :meth:`VAE.log_likelihood` estimates :math:`\log p(x)` by importance sampling with ``k`` samples of ``q``
 (Eq. ``iwae-bound``), in chunks so that ``k = 5000`` fits in memory on MNIST.
 
+The VAE speaks the vocabulary of :mod:`coursepkg.models`: :meth:`VAE.log_likelihood` is (an estimate of)
+:math:`\log p(x)`, :meth:`VAE.log_px_given_z` is :math:`\log p(x\mid z)`, :meth:`VAE.log_joint`,
+:meth:`VAE.sample` returns ``Sample(x, z)`` and :meth:`VAE.loss` the dict :func:`coursepkg.train.fit` minimises.
+
 Shapes: ``x`` is batch-first, ``(N, D)`` for an MLP model, ``(N, C, H, W)`` or flat for a conv one; latents
 are ``(N, latent_dim)``; per-point quantities ``(N,)``; losses are means over the batch.
 """
@@ -42,20 +46,15 @@ import torch
 from torch import distributions as td
 from torch import nn
 
+from coursepkg import _validate as V
 from coursepkg import elbo as E
 from coursepkg import probability as P
-from coursepkg.nn import MLP, ConvDecoder, ConvEncoder, _positive_int
+from coursepkg.models import Sample
+from coursepkg.nn import MLP, ConvDecoder, ConvEncoder
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 IWAE_CHUNK_ELEMENTS = 2**24
 """How many decoded numbers (``samples x batch x D``) :meth:`VAE.log_likelihood` handles at once."""
-
-
-def _number(name: str, value, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
-    return float(value)
 
 
 class VAE(nn.Module):
@@ -83,9 +82,9 @@ class VAE(nn.Module):
         if self.autoregressive and likelihood != "bernoulli":
             raise ValueError("an autoregressive decoder needs the bernoulli likelihood")
         self.encoder, self.decoder = encoder, decoder
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.latent_dim = V.positive_int("latent_dim", latent_dim)
         self.likelihood = likelihood
-        log_sigma2 = torch.tensor(math.log(_number("sigma2", sigma2, positive=True)))
+        log_sigma2 = torch.tensor(math.log(V.number("sigma2", sigma2, positive=True)))
         if learn_sigma2:
             self.log_sigma2 = nn.Parameter(log_sigma2)
         else:
@@ -101,7 +100,7 @@ class VAE(nn.Module):
         ``learn_sigma2``).
         """
         hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
-        encoder = MLP(x_dim, hidden, 2 * _positive_int("latent_dim", latent_dim), activation)
+        encoder = MLP(x_dim, hidden, 2 * V.positive_int("latent_dim", latent_dim), activation)
         decoder = MLP(latent_dim, hidden[::-1], x_dim, activation)
         return cls(encoder, decoder, latent_dim, likelihood, **kwargs)
 
@@ -112,7 +111,7 @@ class VAE(nn.Module):
         shape ``in_shape = (C, H, W)``. It takes images ``(N, C, H, W)`` or flat ``(N, C*H*W)``; :meth:`sample`
         and :meth:`decode` give images ``(N, C, H, W)``."""
         channels = tuple(channels)
-        encoder = ConvEncoder(in_shape, 2 * _positive_int("latent_dim", latent_dim), channels, activation)
+        encoder = ConvEncoder(in_shape, 2 * V.positive_int("latent_dim", latent_dim), channels, activation)
         decoder = ConvDecoder(latent_dim, in_shape, channels[::-1], activation)
         return cls(encoder, decoder, latent_dim, likelihood, **kwargs)
 
@@ -178,7 +177,7 @@ class VAE(nn.Module):
         r"""The mean of :math:`p(x\mid z)` from the decoder's output: ``sigmoid(logits)`` or the Gaussian mean."""
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
-    def recon_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def log_px_given_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         r""":math:`\log p(x\mid z)`, summed over the ``D`` pixels (Eqs. ``gaussian-mse`` and ``bernoulli-bce``).
 
         ``x`` is ``(N, ...)`` (flat or image, as long as it holds the ``D`` numbers the decoder gives per
@@ -215,11 +214,11 @@ class VAE(nn.Module):
           ``lambda`` nats, against posterior collapse. ``kl`` still reports the true KL.
         - ``eps`` ``(N, latent_dim)`` fixes the noise of the sample (tests, figures).
         """
-        beta = _number("beta", beta)
-        free_bits = _number("free_bits", free_bits)
+        beta = V.number("beta", beta, nonnegative=True)
+        free_bits = V.number("free_bits", free_bits, nonnegative=True)
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, eps)
-        recon = -self.recon_log_prob(x, z)                                  # (N,)
+        recon = -self.log_px_given_z(x, z)                                  # (N,)
         kl_dims = P.kl_standard_normal(mu.unsqueeze(-1), logvar.unsqueeze(-1))           # (N, latent_dim)
         kl = kl_dims.sum(-1)                                                              # (N,)
         kl_term = kl_dims.mean(0).clamp(min=free_bits).sum() if free_bits > 0 else kl.mean()
@@ -229,11 +228,11 @@ class VAE(nn.Module):
     def elbo(self, x: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
         r"""The ELBO per data point, ``(N,)``: the mean of :math:`\log p(x\mid z_s)` over ``n_samples``
         reparameterized samples, minus the KL in closed form (Eq. ``elbo-recon-kl``). Differentiable."""
-        n_samples = _positive_int("n_samples", n_samples)
+        n_samples = V.positive_int("n_samples", n_samples)
         mu, logvar = self.encode(x)
         eps = torch.randn(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device)
         z = self.reparameterize(mu, logvar, eps)                                          # (S, N, latent_dim)
-        return self.recon_log_prob(x, z).mean(0) - P.kl_standard_normal(mu, logvar)
+        return self.log_px_given_z(x, z).mean(0) - P.kl_standard_normal(mu, logvar)
 
     def q(self, x: torch.Tensor) -> td.Independent:
         r""":math:`q(z\mid x)` as a torch distribution with batch shape ``(N,)``, for :mod:`coursepkg.elbo`."""
@@ -245,7 +244,7 @@ class VAE(nn.Module):
         ``(S, N, latent_dim)`` -> ``(S, N)``; the ``log_joint`` of :func:`coursepkg.elbo.elbo` and
         :func:`coursepkg.elbo.iwae_bound`."""
         log_prior = P.gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
-        return self.recon_log_prob(x, z) + log_prior
+        return self.log_px_given_z(x, z) + log_prior
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, k: int = 1000, *, chunk_size: int | None = None) -> torch.Tensor:
@@ -257,11 +256,11 @@ class VAE(nn.Module):
         The ``k`` samples are drawn ``chunk_size`` at a time (default: about ``2**24`` decoded numbers a
         chunk), each chunk a :func:`coursepkg.elbo.iwae_bound`, combined by log-sum-exp. Not differentiable.
         """
-        k = _positive_int("k", k)
+        k = V.positive_int("k", k)
         x = self._check_x(x)
         n, d = x.shape[0], x[0].numel()
         chunk = chunk_size if chunk_size is not None else max(1, IWAE_CHUNK_ELEMENTS // (n * d))
-        chunk = min(_positive_int("chunk_size", chunk), k)
+        chunk = min(V.positive_int("chunk_size", chunk), k)
         q = self.q(x)
         parts, done = [], 0
         while done < k:
@@ -274,15 +273,16 @@ class VAE(nn.Module):
     # generation
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, mean: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-        r"""``n`` new data points from the prior: :math:`z \sim \mathcal N(0, I)`, then the mean of
-        :math:`p(x\mid z)` (pixel probabilities or Gaussian means; ``mean=True``, what is usually shown) or a
-        draw from it (``mean=False``: binary pixels, or the mean plus ``N(0, sigma2)`` noise). The shape is
-        the decoder's output, ``(n, D)`` or ``(n, C, H, W)``. ``generator`` makes it repeatable.
+    def sample(self, n: int, *, mean: bool = True, generator: torch.Generator | None = None) -> Sample:
+        r"""``n`` new data points from the prior, ``Sample(x, z)``: :math:`z \sim \mathcal N(0, I)`
+        ``(n, latent_dim)``, then ``x``, the mean of :math:`p(x\mid z)` (pixel probabilities or Gaussian means;
+        ``mean=True``, what is usually shown) or a draw from it (``mean=False``: binary pixels, or the mean
+        plus ``N(0, sigma2)`` noise). ``x`` has the decoder's output shape, ``(n, D)`` or ``(n, C, H, W)``;
+        ``model.sample(n).x`` is the images. ``generator`` makes it repeatable.
 
         An autoregressive decoder draws the pixels one at a time (its mean has no closed form): ``mean=False``
         gives the binary sample, ``mean=True`` each pixel's probability given the pixels drawn before it."""
-        n = _positive_int("n", n)
+        n = V.positive_int("n", n)
         ref = next(self.parameters())
         where = generator.device if generator is not None else ref.device
 
@@ -292,13 +292,13 @@ class VAE(nn.Module):
         z = draw(torch.randn, (n, self.latent_dim))
         if self.autoregressive:
             pixels, probs = self.decoder.sample(z, generator=generator)
-            return probs if mean else pixels
+            return Sample(probs if mean else pixels, z)
         m = self.mean(self.decode(z))
         if mean:
-            return m
+            return Sample(m, z)
         if self.likelihood == "bernoulli":
-            return (draw(torch.rand, m.shape) < m).to(m.dtype)
-        return m + self.sigma2.sqrt() * draw(torch.randn, m.shape)
+            return Sample((draw(torch.rand, m.shape) < m).to(m.dtype), z)
+        return Sample(m + self.sigma2.sqrt() * draw(torch.randn, m.shape), z)
 
     @torch.no_grad()
     def kl_per_dim(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +332,4 @@ class VAE(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     def _check_x(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-            got = f"shape {list(x.shape)}, dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be a floating-point batch (N, D) or (N, C, H, W), got {got}")
-        return x
+        return V.tensor("x", x, floating=True, min_dim=2, expected="a floating-point batch (N, D) or (N, C, H, W)")

@@ -3,7 +3,9 @@ implementations, fail with a message that names the mistake; bad answers never c
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
 
 import pytest
 import torch
@@ -274,15 +276,15 @@ def test_checks_do_not_disturb_the_random_state():
     assert torch.equal(torch.randn(3), expected)
 
 
-def test_inputs_are_not_shared_with_the_reference():
-    # an answer that modifies its inputs in place must not corrupt the reference it is compared with
+def test_an_answer_that_changes_its_inputs_in_place_fails():
+    # an in-place change of an input is caught, and named with the argument it changed
     def in_place_m_step(x, resp, reg_covar=1e-6):
         out = good_m_step(x, resp, reg_covar)
         resp.mul_(0)
         x.mul_(2)
         return out
 
-    _ok("02.m_step", in_place_m_step)
+    _fails("02.m_step", in_place_m_step, "changed its input `x` in place")
 
     def in_place_em(x, w, m, c, n_iter, reg_covar=1e-6):
         out = make_em()(x, w, m, c, n_iter, reg_covar)
@@ -290,4 +292,128 @@ def test_inputs_are_not_shared_with_the_reference():
         c.mul_(3)
         return out
 
-    _ok("02.em", in_place_em)
+    _fails("02.em", in_place_em, "changed its input `w` in place")
+
+
+# ---------------------------------------------------------------------------------------------- hostile answers
+def _diag_log_n(x, m, c):
+    """log N with the off-diagonal covariances ignored."""
+    var = c.diagonal(dim1=1, dim2=2)                                  # (K, D)
+    d = x[:, None, :] - m
+    return -0.5 * (math.log(2 * math.pi) * x.shape[1] + torch.log(var).sum(1) + (d**2 / var).sum(2))
+
+
+def test_wrong_answers_outside_the_catalogue_fail():
+    # the covariance matrix treated as diagonal
+    _fails("02.log_likelihood", lambda x, w, m, c: torch.logsumexp(torch.log(w) + _diag_log_n(x, m, c), 1),
+           "differs from the reference")
+    # the covariance handed to MultivariateNormal as its precision matrix
+    def as_precision(x, w, m, c):
+        log_n = torch.distributions.MultivariateNormal(m, precision_matrix=c).log_prob(x[:, None])
+        return torch.logsumexp(torch.log(w) + log_n, 1)
+
+    _fails("02.log_likelihood", as_precision, "differs from the reference")
+
+    # the E-step without the -1/2 log det(Sigma_k) term
+    def no_log_det(x, w, m, c):
+        d = x[:, None, :] - m
+        quad = torch.einsum("nkd,kde,nke->nk", d, torch.linalg.inv(c), d)
+        return torch.softmax(torch.log(w) - 0.5 * quad, 1)
+
+    _fails("02.e_step", no_log_det, "differs from the reference")
+
+    # the covariance weighted by r_nk squared
+    def squared_resp(x, resp, reg_covar=1e-6):
+        w, mu, _ = good_m_step(x, resp, reg_covar)
+        d = x[:, None, :] - mu
+        cov = torch.einsum("nk,nkd,nke->kde", resp**2, d, d) / resp.sum(0)[:, None, None]
+        return w, mu, cov + reg_covar * torch.eye(x.shape[1], dtype=x.dtype)
+
+    _fails("02.m_step", squared_resp, "the covariances differs from the reference")
+
+    # EM that stops early once the log-likelihood stops changing (a tolerance nobody asked for)
+    def early_stop(x, w, m, c, n_iter, reg_covar=1e-6):
+        history = [good_log_likelihood(x, w, m, c).mean().item()]
+        for _ in range(n_iter):
+            w, m, c = good_m_step(x, good_e_step(x, w, m, c), reg_covar)
+            history.append(good_log_likelihood(x, w, m, c).mean().item())
+            if abs(history[-1] - history[-2]) < 1e-3:
+                break
+        return w, m, c, history
+
+    _fails("02.em", early_stop, "the history stops after 2 of the n_iter = 5 iterations")
+
+
+def test_an_answer_that_reads_the_callers_frames_finds_nothing_to_copy():
+    # a cheat: look through the check's frames for a tensor of the expected shape and return it
+    def peek(shape_of):
+        def answer(x, w, m, c):
+            frame = inspect.currentframe().f_back
+            while frame is not None:
+                for value in frame.f_locals.values():
+                    if isinstance(value, torch.Tensor) and value.shape == shape_of(x, w) and value.is_floating_point() \
+                            and value is not x:
+                        return value.detach().clone()
+                frame = frame.f_back
+            return torch.zeros(shape_of(x, w), dtype=x.dtype, device=x.device)
+        return answer
+
+    _fails("02.log_likelihood", peek(lambda x, w: x.shape[:1]))
+    _fails("02.e_step", peek(lambda x, w: (x.shape[0], w.shape[0])))
+
+    def peek_sys(x, w, m, c, n_iter, reg_covar=1e-6):   # sys._getframe, for the tuple of EM's results
+        for depth in range(1, 12):
+            try:
+                frame = sys._getframe(depth)
+            except ValueError:
+                break
+            for value in frame.f_locals.values():
+                if isinstance(value, tuple) and len(value) == 4 and isinstance(value[3], list):
+                    return value
+        return w, m, c, [0.0] * (n_iter + 1)
+
+    _fails("02.em", peek_sys)
+
+
+def test_correct_answers_written_differently_pass():
+    # log-likelihood by hand: Cholesky factor, triangular solve, log-determinant from its diagonal
+    def cholesky_log_likelihood(x, w, m, c):
+        L = torch.linalg.cholesky(c)                                                       # (K, D, D)
+        d = (x[:, None, :] - m).unsqueeze(-1)                                              # (N, K, D, 1)
+        sol = torch.linalg.solve_triangular(L, d, upper=False).squeeze(-1)                 # (N, K, D)
+        log_det = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)               # (K,)
+        log_n = -0.5 * ((sol**2).sum(-1) + log_det + x.shape[1] * math.log(2 * math.pi))
+        return torch.logsumexp(torch.log(w) + log_n, 1)
+
+    _ok("02.log_likelihood", cholesky_log_likelihood)
+
+    # the E-step with the max subtracted by hand before exponentiating
+    def max_shift_e_step(x, w, m, c):
+        a = torch.log(w) + log_n(x, m, c)
+        p = torch.exp(a - a.max(1, keepdim=True).values)
+        return p / p.sum(1, keepdim=True)
+
+    _ok("02.e_step", max_shift_e_step)
+
+    # the M-step with torch.cov's weighted covariance, and weights normalised by their own sum
+    def cov_m_step(x, resp, reg_covar=1e-6):
+        nk = resp.sum(0)
+        means = resp.T @ x / nk[:, None]
+        eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        covs = [torch.cov(x.T, correction=0, aweights=resp[:, k]).reshape(x.shape[1], x.shape[1]) + reg_covar * eye
+                for k in range(resp.shape[1])]
+        return nk / nk.sum(), means, torch.stack(covs)
+
+    _ok("02.m_step", cov_m_step)
+
+    # EM on coursepkg.gmm objects, with a while loop, returning the tensors at the end
+    def em_with_gmm_objects(x, w, m, c, n_iter, reg_covar=1e-6):
+        gmm, history, it = G.GMM(w, m, c), [], 0
+        history.append(G.log_likelihood(x, gmm).mean().item())
+        while it < n_iter:
+            gmm = G.m_step(x, G.e_step(x, gmm), reg_covar)
+            history.append(G.log_likelihood(x, gmm).mean().item())
+            it += 1
+        return gmm.weights, gmm.means, gmm.covariances, history
+
+    _ok("02.em", em_with_gmm_objects)

@@ -24,9 +24,9 @@ _ok, _fails = check_passes, check_fails
 
 
 # ---------------------------------------------------------------------------------------------- references
-def ref_elbo(x, log_likelihood, mu, logvar, n_samples):
+def ref_elbo(x, log_px_given_z, mu, logvar, n_samples):
     eps = torch.randn(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device)
-    return log_likelihood(x, P.reparameterize(mu, logvar, eps)).mean(0) - P.kl_standard_normal(mu, logvar)
+    return log_px_given_z(x, P.reparameterize(mu, logvar, eps)).mean(0) - P.kl_standard_normal(mu, logvar)
 
 
 def ref_posterior_gap(x, W, b, noise_var, q_mean, q_var):
@@ -57,36 +57,36 @@ def test_reference_implementations_pass(exercise_id):
 def make_elbo(*, std=lambda lv: torch.exp(0.5 * lv), kl_var=torch.exp, kl_log=lambda lv: lv, kl_sign=-1.0,
               kl_reduce=lambda t: t.sum(-1), recon_reduce=lambda t: t.mean(0), prior=False, detach=False):
     """A Monte Carlo ELBO written out in plain torch, with switches for the typical slips."""
-    def elbo(x, log_likelihood, mu, logvar, n_samples):
+    def elbo(x, log_px_given_z, mu, logvar, n_samples):
         eps = torch.randn(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device)
         z = eps if prior else mu + std(logvar) * eps
         if detach:
             z = z.detach()
         kl = 0.5 * kl_reduce(mu**2 + kl_var(logvar) - 1.0 - kl_log(logvar))
-        return recon_reduce(log_likelihood(x, z)) + kl_sign * kl
+        return recon_reduce(log_px_given_z(x, z)) + kl_sign * kl
     return elbo
 
 
-def elbo_torch_distributions(x, log_likelihood, mu, logvar, n_samples):
+def elbo_torch_distributions(x, log_px_given_z, mu, logvar, n_samples):
     q = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
     prior = td.Independent(td.Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1)
-    return log_likelihood(x, q.rsample((n_samples,))).mean(0) - td.kl_divergence(q, prior)
+    return log_px_given_z(x, q.rsample((n_samples,))).mean(0) - td.kl_divergence(q, prior)
 
 
-def elbo_loop(x, log_likelihood, mu, logvar, n_samples):
+def elbo_loop(x, log_px_given_z, mu, logvar, n_samples):
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for _ in range(n_samples):
-        total = total + log_likelihood(x, mu + torch.exp(logvar / 2) * torch.randn_like(mu))
+        total = total + log_px_given_z(x, mu + torch.exp(logvar / 2) * torch.randn_like(mu))
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
     return total / n_samples - kl
 
 
-def elbo_expand(x, log_likelihood, mu, logvar, n_samples):
+def elbo_expand(x, log_px_given_z, mu, logvar, n_samples):
     S = n_samples
     mu_s = mu.expand(S, *mu.shape)
     std_s = torch.exp(0.5 * logvar).expand(S, *mu.shape)
     z = mu_s + std_s * torch.randn_like(mu_s)
-    return log_likelihood(x, z).sum(0) / S - P.kl_standard_normal(mu, logvar)
+    return log_px_given_z(x, z).sum(0) / S - P.kl_standard_normal(mu, logvar)
 
 
 def test_elbo_correct_but_differently_written_answers_pass():
@@ -115,13 +115,13 @@ def test_elbo_mistakes(wrong, words):
 
 
 def test_elbo_without_reparameterization_is_named():
-    def with_sample(x, log_likelihood, mu, logvar, n_samples):   # .sample() instead of .rsample()
+    def with_sample(x, log_px_given_z, mu, logvar, n_samples):   # .sample() instead of .rsample()
         q = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
-        return log_likelihood(x, q.sample((n_samples,))).mean(0) - P.kl_standard_normal(mu, logvar)
+        return log_px_given_z(x, q.sample((n_samples,))).mean(0) - P.kl_standard_normal(mu, logvar)
 
-    def no_grad(x, log_likelihood, mu, logvar, n_samples):
+    def no_grad(x, log_px_given_z, mu, logvar, n_samples):
         with torch.no_grad():
-            return ref_elbo(x, log_likelihood, mu, logvar, n_samples)
+            return ref_elbo(x, log_px_given_z, mu, logvar, n_samples)
 
     _fails("03.elbo", with_sample, "not reparameterized")
     _fails("03.elbo", no_grad, "not reparameterized")
@@ -129,22 +129,22 @@ def test_elbo_without_reparameterization_is_named():
 
 
 def test_elbo_shape_dtype_and_nan_slips_are_explained():
-    def per_sample(x, log_likelihood, mu, logvar, n_samples):              # the mean over samples forgotten
+    def per_sample(x, log_px_given_z, mu, logvar, n_samples):              # the mean over samples forgotten
         z = P.reparameterize(mu, logvar, torch.randn(n_samples, *mu.shape, dtype=mu.dtype))
-        return log_likelihood(x, z) - P.kl_standard_normal(mu, logvar)
+        return log_px_given_z(x, z) - P.kl_standard_normal(mu, logvar)
 
-    def kl_per_dimension(x, log_likelihood, mu, logvar, n_samples):        # the KL not summed
+    def kl_per_dimension(x, log_px_given_z, mu, logvar, n_samples):        # the KL not summed
         z = P.reparameterize(mu, logvar, torch.randn(n_samples, *mu.shape, dtype=mu.dtype))
-        return log_likelihood(x, z).mean(0)[:, None] - 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
+        return log_px_given_z(x, z).mean(0)[:, None] - 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
 
-    def float64_noise(x, log_likelihood, mu, logvar, n_samples):           # a hard-coded dtype
+    def float64_noise(x, log_px_given_z, mu, logvar, n_samples):           # a hard-coded dtype
         z = mu + torch.exp(0.5 * logvar) * torch.randn(n_samples, *mu.shape, dtype=torch.float64)
-        return log_likelihood(x, z).mean(0) - P.kl_standard_normal(mu, logvar)
+        return log_px_given_z(x, z).mean(0) - P.kl_standard_normal(mu, logvar)
 
-    def samples_last(x, log_likelihood, mu, logvar, n_samples):            # z laid out (N, S, Dz)
+    def samples_last(x, log_px_given_z, mu, logvar, n_samples):            # z laid out (N, S, Dz)
         z = mu[:, None, :] + torch.exp(0.5 * logvar)[:, None, :] * torch.randn(mu.shape[0], n_samples, mu.shape[1],
                                                                               dtype=mu.dtype)
-        return log_likelihood(x, z).mean(1) - P.kl_standard_normal(mu, logvar)
+        return log_px_given_z(x, z).mean(1) - P.kl_standard_normal(mu, logvar)
 
     _fails("03.elbo", per_sample, "shape", "average the reconstruction over the n_samples samples")
     _fails("03.elbo", kl_per_dimension, "shape", "sum the KL over the latent dimensions")
@@ -351,8 +351,8 @@ def test_bad_answers_are_failures_not_crashes(exercise_id):
 
 def test_verdicts_are_one_stable_line(capsys):
     check("03.gmm_elbo", ref_gmm_elbo)
-    assert capsys.readouterr().out == ("[03.gmm_elbo] PASSED: matches the reference on 8 random inputs, including "
-                                       "q's with zeros and q = the posterior (where the ELBO is log p(x))\n")
+    assert capsys.readouterr().out == ("[03.gmm_elbo] PASSED: matches the reference on 8 random inputs, and equals "
+                                       "log p(x) when q is the posterior\n")
     check("03.elbo", _not_implemented)
     assert capsys.readouterr().out.startswith("[03.elbo] FAILED: not implemented yet")
 
@@ -374,8 +374,7 @@ def test_checks_do_not_disturb_the_random_state():
     assert torch.equal(torch.randn(3), expected)
 
 
-def test_inputs_are_not_shared_with_the_reference():
-    # an answer that modifies its inputs in place must not corrupt the reference it is compared with
+def test_an_answer_that_changes_its_inputs_in_place_fails_naming_the_input():
     def in_place_gap(x, W, b, noise_var, q_mean, q_var):
         out = ref_posterior_gap(x, W, b, noise_var, q_mean, q_var)
         q_var.mul_(3)
@@ -388,5 +387,125 @@ def test_inputs_are_not_shared_with_the_reference():
         logvar.add_(1)
         return out
 
-    _ok("03.posterior_gap", in_place_gap)
-    _ok("03.iwae", in_place_iwae)
+    _fails("03.posterior_gap", in_place_gap, "changed its input `W` in place")
+    _fails("03.iwae", in_place_iwae, "changed its input `mu` in place")
+
+
+# ---------------------------------------------------------------------------------------------- hostile answers
+# Answers a student could write that are not in any catalogue: the wrong ones must fail (with the words the
+# check should find), the correct ones written differently must pass.
+def elbo_same_noise_for_every_point(x, log_px_given_z, mu, logvar, n_samples):
+    eps = torch.randn(n_samples, 1, mu.shape[1], dtype=mu.dtype, device=mu.device)     # broadcast over the points
+    return log_px_given_z(x, mu + torch.exp(0.5 * logvar) * eps).mean(0) - P.kl_standard_normal(mu, logvar)
+
+
+def elbo_reseeded(x, log_px_given_z, mu, logvar, n_samples):
+    torch.manual_seed(0)                                                                 # "for reproducibility"
+    return ref_elbo(x, log_px_given_z, mu, logvar, n_samples)
+
+
+def elbo_uniform_noise(x, log_px_given_z, mu, logvar, n_samples):
+    # mean 0 and variance 1, so the estimate is even unbiased here (log p(x | z) is quadratic in z): only the
+    # noise it is made of tells it from a correct answer
+    eps = (torch.rand(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device) - 0.5) * math.sqrt(12.0)
+    return log_px_given_z(x, mu + torch.exp(0.5 * logvar) * eps).mean(0) - P.kl_standard_normal(mu, logvar)
+
+
+def elbo_plug_in_mean(x, log_px_given_z, mu, logvar, n_samples):
+    return log_px_given_z(x, mu[None]).mean(0) - P.kl_standard_normal(mu, logvar)         # z = mu: no sampling
+
+
+def elbo_std_in_place(x, log_px_given_z, mu, logvar, n_samples):
+    std = logvar.mul_(0.5).exp_()                                                        # overwrites logvar
+    z = mu + std * torch.randn(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device)
+    return log_px_given_z(x, z).mean(0) - 0.5 * (mu**2 + std**2 - 1 - 2 * torch.log(std)).sum(-1)
+
+
+def iwae_same_noise_for_every_point(x, log_joint, mu, logvar, k):
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(k, 1, mu.shape[1], dtype=mu.dtype, device=mu.device)
+    return P.log_mean_exp(log_joint(x, z) - P.gaussian_log_prob(z, mu, logvar), 0)
+
+
+def gap_mean_field_posterior(x, W, b, noise_var, q_mean, q_var):
+    # the posterior's covariance replaced by its diagonal: right for Dz = 1 only
+    post = LinearGaussianModel(W, b, noise_var).posterior(x)
+    var = torch.diagonal(post.covariance_matrix, dim1=-2, dim2=-1)
+    return P.kl_diag_gaussians(q_mean, torch.log(q_var), post.mean, torch.log(var))
+
+
+def gmm_elbo_entropy_in_bits(x, w, m, c, q):
+    return (q * log_joint_gmm(x, w, m, c)).sum(1) - (torch.xlogy(q, q) / math.log(2)).sum(1)
+
+
+def _frame_reader(n_out):
+    """An answer that looks through the caller's frames for any tensor of the output's shape it was not given."""
+    import sys
+
+    def answer(*args):
+        mine = {id(a) for a in args}
+        frame, found = sys._getframe(1), None
+        while frame is not None and found is None:
+            for value in frame.f_locals.values():
+                if isinstance(value, torch.Tensor) and id(value) not in mine and value.dim() == 1 \
+                        and value.shape[0] == n_out(*args) and value.is_floating_point():
+                    found = value
+                    break
+            frame = frame.f_back
+        return (found if found is not None else torch.zeros(n_out(*args))).to(dtype=args[0].dtype,
+                                                                             device=args[0].device)
+    return answer
+
+
+@pytest.mark.parametrize("exercise_id, wrong, words", [
+    ("03.elbo", elbo_same_noise_for_every_point, ["the same noise for every data point"]),
+    ("03.elbo", elbo_reseeded, ["the same value at every call", "manual_seed"]),
+    ("03.elbo", elbo_uniform_noise, ["uniform noise"]),
+    ("03.elbo", elbo_plug_in_mean, ["standard errors"]),
+    ("03.elbo", elbo_std_in_place, ["changed its input `logvar` in place"]),
+    ("03.iwae", iwae_same_noise_for_every_point, ["the same noise for every data point"]),
+    ("03.posterior_gap", gap_mean_field_posterior, ["differs from the reference"]),
+    ("03.gmm_elbo", gmm_elbo_entropy_in_bits, ["differs from the reference"]),
+    ("03.posterior_gap", _frame_reader(lambda x, *a: x.shape[0]), []),
+    ("03.gmm_elbo", _frame_reader(lambda x, *a: x.shape[0]), []),
+    ("03.elbo", _frame_reader(lambda x, *a: x.shape[0]), []),
+    ("03.iwae", _frame_reader(lambda x, *a: x.shape[0]), []),
+], ids=["elbo_shared_noise", "elbo_reseeded", "elbo_uniform", "elbo_plug_in", "elbo_in_place", "iwae_shared_noise",
+        "gap_mean_field", "gmm_bits", "gap_frames", "gmm_frames", "elbo_frames", "iwae_frames"])
+def test_hostile_wrong_answers_fail(exercise_id, wrong, words):
+    _fails(exercise_id, wrong, *words)
+
+
+def elbo_antithetic(x, log_px_given_z, mu, logvar, n_samples):
+    half = torch.randn(n_samples // 2, *mu.shape, dtype=mu.dtype, device=mu.device)
+    eps = torch.cat([half, -half])                                              # antithetic pairs: still unbiased
+    return log_px_given_z(x, mu + torch.exp(0.5 * logvar) * eps).mean(0) - P.kl_standard_normal(mu, logvar)
+
+
+def elbo_multivariate_normal(x, log_px_given_z, mu, logvar, n_samples):
+    q = td.MultivariateNormal(mu, covariance_matrix=torch.diag_embed(logvar.exp()))
+    prior = td.MultivariateNormal(torch.zeros_like(mu), covariance_matrix=torch.diag_embed(torch.ones_like(mu)))
+    return log_px_given_z(x, q.rsample((n_samples,))).mean(0) - td.kl_divergence(q, prior)
+
+
+def iwae_normal_log_prob(x, log_joint, mu, logvar, k):
+    std = logvar.mul(0.5).exp()
+    z = torch.distributions.Normal(mu, std).rsample((k,))
+    log_w = log_joint(x, z) - torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
+    return torch.logsumexp(log_w - math.log(k), dim=0)
+
+
+def gap_by_the_identity(x, W, b, noise_var, q_mean, q_var):
+    model = LinearGaussianModel(W, b, noise_var)                         # log p(x) - ELBO(q), both exact
+    return model.log_likelihood(x) - model.exact_elbo(x, td.Independent(td.Normal(q_mean, q_var.sqrt()), 1))
+
+
+def gmm_elbo_small_epsilon(x, w, m, c, q):
+    return (q * (log_joint_gmm(x, w, m, c) - torch.log(q + 1e-30))).sum(1)
+
+
+@pytest.mark.parametrize("exercise_id, right", [
+    ("03.elbo", elbo_antithetic), ("03.elbo", elbo_multivariate_normal), ("03.iwae", iwae_normal_log_prob),
+    ("03.posterior_gap", gap_by_the_identity), ("03.gmm_elbo", gmm_elbo_small_epsilon),
+], ids=["elbo_antithetic", "elbo_mvn", "iwae_normal", "gap_identity", "gmm_epsilon"])
+def test_hostile_correct_answers_pass(exercise_id, right):
+    _ok(exercise_id, right)

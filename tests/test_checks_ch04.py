@@ -5,6 +5,7 @@ never crash a check."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch import distributions as td
 from coursepkg import estimators as E
 from coursepkg.grading import check
 from coursepkg.grading.checks import ch04_reparameterization as C
+from coursepkg.grading.kit import Case
 
 from .helpers import check_fails, check_passes
 
@@ -118,7 +120,7 @@ def test_reference_implementations_pass(exercise_id, fn):
 
 def test_check_formulas_agree_with_coursepkg_estimators():
     """The checks' closed-form per-sample terms are what coursepkg.estimators computes with autograd."""
-    case = {"gen": torch.Generator().manual_seed(0), "dtype": torch.float64, "device": torch.device("cpu")}
+    case = Case(torch.Generator().manual_seed(0), torch.float64, torch.device("cpu"))
     trial = C.Trial(case, 50, 3, step=True)
     mu, ls = trial.leaves()
     for estimator, terms_fn, kw in ((E.score_function_grad, C._score_terms, {}),
@@ -491,8 +493,12 @@ def test_wrong_type_shape_dtype_nan_are_named():
 
 def test_verdict_is_one_stable_line(capsys):
     check("04.score_function", good_score)
-    assert capsys.readouterr().out == ("[04.score_function] PASSED: matches the estimator on its own samples, and "
-                                       "the exact gradient within 5 standard errors, on 6 random Gaussians\n")
+    assert capsys.readouterr().out == (
+        "[04.score_function] PASSED: its samples look like independent draws of N(mu, sigma^2), fresh at every call, "
+        "and it matches the estimator on those samples, on 6 random Gaussians; within 5 standard errors of the exact "
+        "gradient on the 6 with n_samples >= 400\n")
+    check("04.reparam", reparam_func)                 # f inside torch.func: the message says what did not run
+    assert "samples were not tested" in capsys.readouterr().out
     check("04.gumbel_softmax", _not_implemented)
     assert capsys.readouterr().out.startswith("[04.gumbel_softmax] FAILED: not implemented yet")
 
@@ -525,7 +531,7 @@ def test_many_correct_sample_draws_pass():
         _ok("04.score_function", shifted)
 
 
-def test_inputs_are_not_shared_with_the_reference():
+def test_answers_that_change_their_inputs_in_place_fail():
     def in_place(f, mu, log_sigma, n):
         out = good_score(f, mu, log_sigma, n)
         with torch.no_grad():
@@ -533,11 +539,177 @@ def test_inputs_are_not_shared_with_the_reference():
             log_sigma.zero_()
         return out
 
-    _ok("04.score_function", in_place)
+    _fails("04.score_function", in_place, "changed its input `mu` in place")
 
     def in_place_u(logits, tau, u, hard=False):
         y = good_gumbel(logits, tau, u, hard)
         u.fill_(0.5)
         return y
 
-    _ok("04.gumbel_softmax", in_place_u)
+    _fails("04.gumbel_softmax", in_place_u, "changed its input `u` in place")
+
+
+# ---------------------------------------------------------------------------------------------- hostile answers
+# wrong answers a student could write that are not in the catalogue: each must fail
+def score_two_draws(f, mu, log_sigma, n_samples):
+    """f evaluated on one draw, the score on another: the two must be the same samples."""
+    with torch.no_grad():
+        sigma = log_sigma.exp()
+        fz = f(sample(mu, log_sigma, n_samples))[:, None]
+        z = sample(mu, log_sigma, n_samples)
+        return (fz * (z - mu) / sigma**2).mean(0), (fz * ((z - mu) ** 2 / sigma**2 - 1)).mean(0)
+
+
+def score_reseeds(f, mu, log_sigma, n_samples):
+    """reseeds inside the function: the same 'random' estimate at every call."""
+    torch.manual_seed(0)
+    return good_score(f, mu, log_sigma, n_samples)
+
+
+def reparam_mu_only(f, mu, log_sigma, n_samples):
+    """differentiates with respect to mu only, and returns zeros for log_sigma."""
+    z = mu + log_sigma.exp().detach() * noise(mu, n_samples)
+    (g,) = torch.autograd.grad(f(z).mean(), mu)
+    return g, torch.zeros_like(log_sigma)
+
+
+def reparam_uniform(f, mu, log_sigma, n_samples):
+    """torch.rand where torch.randn belongs."""
+    eps = torch.rand(n_samples, mu.shape[0], dtype=mu.dtype, device=mu.device)
+    return torch.autograd.grad(f(mu + log_sigma.exp() * eps).mean(), (mu, log_sigma))
+
+
+def baseline_precedence(f, mu, log_sigma, n_samples):
+    """(sum - f) / n - 1: the parentheses around n - 1 forgotten."""
+    return make_score(weight=lambda fz, z: fz - ((fz.sum() - fz) / fz.shape[0] - 1))(f, mu, log_sigma, n_samples)
+
+
+def variance_of_sum(estimator, f, mu, log_sigma, n_samples, n_repeats):
+    """the variance of grad_mu + grad_log_sigma, not of grad_mu."""
+    return torch.stack([sum(estimator(f, mu, log_sigma, n_samples)) for _ in range(n_repeats)]).var(0)
+
+
+def gumbel_round(logits, tau, u, hard=False):
+    """hard=True by rounding y: all zeros in a row whose largest entry is below 1/2."""
+    y = good_gumbel(logits, tau, u)
+    return (torch.round(y) - y).detach() + y if hard else y
+
+
+def _callers_tensors(like, exclude):
+    """Every tensor shaped like ``like`` in the callers' frames (locals, and their objects' attributes), except
+    ``exclude``: what an answer that tries to copy the expected value would find."""
+    found, frame = [], sys._getframe(2)
+    while frame is not None:
+        for value in list(frame.f_locals.values()):
+            for t in [value, *(vars(value).values() if hasattr(value, "__dict__") else [])]:
+                if isinstance(t, torch.Tensor) and t.shape == like.shape and t.dtype == like.dtype \
+                        and all(t is not e for e in exclude):
+                    found.append(t.detach().clone())
+        frame = frame.f_back
+    return found
+
+
+def score_from_frames(f, mu, log_sigma, n_samples):
+    """draws its samples like a correct answer, then returns tensors found in the check's frames."""
+    good_score(f, mu, log_sigma, n_samples)
+    found = _callers_tensors(mu, (mu, log_sigma)) + [torch.zeros_like(mu)] * 2
+    return found[0], found[1]
+
+
+def gumbel_from_frames(logits, tau, u, hard=False):
+    """returns a tensor found in the check's frames (the expected y, if it were there), else uniform weights."""
+    found = _callers_tensors(logits, (logits, u))
+    return found[0] if found else torch.full_like(logits, 1 / logits.shape[-1])
+
+
+def reparam_mutates(f, mu, log_sigma, n_samples):
+    """a correct estimate, then log_sigma clamped in place (a 'safety' step that changes the caller's tensor)."""
+    out = good_reparam(f, mu, log_sigma, n_samples)
+    with torch.no_grad():
+        log_sigma.clamp_(min=0.0)
+    return out
+
+
+@pytest.mark.parametrize("exercise_id, fn, words", [
+    ("04.score_function", score_two_draws, ["grad_mu differs"]),
+    ("04.score_function", score_reseeds, ["same noise at every call"]),
+    ("04.score_function", score_from_frames, []),
+    ("04.reparam", reparam_mu_only, ["grad_log_sigma differs"]),
+    ("04.reparam", reparam_uniform, ["uniform noise"]),
+    ("04.reparam", reparam_mutates, ["changed its input `log_sigma` in place"]),
+    ("04.baseline", baseline_precedence, ["differs"]),
+    ("04.variance", variance_of_sum, ["the variance differs"]),
+    ("04.gumbel_softmax", gumbel_round, ["hard=True", "differs"]),
+    ("04.gumbel_softmax", gumbel_from_frames, []),
+])
+def test_hostile_wrong_answers_fail(exercise_id, fn, words):
+    _fails(exercise_id, fn, *words)
+
+
+# correct answers written differently from the reference: each must pass
+def score_vmap(f, mu, log_sigma, n_samples):
+    """the scores by torch.func.vmap of torch.func.grad of log q (f itself is evaluated outside torch.func)."""
+    mu0, ls0 = mu.detach(), log_sigma.detach()
+    z = td.Normal(mu0, ls0.exp()).sample((n_samples,))
+    fz = f(z)
+
+    def log_q(m, s, zi):
+        return td.Normal(m, s.exp()).log_prob(zi).sum()
+
+    s_mu, s_ls = torch.func.vmap(torch.func.grad(log_q, argnums=(0, 1)), in_dims=(None, None, 0))(mu0, ls0, z)
+    return (fz[:, None] * s_mu).mean(0), (fz[:, None] * s_ls).mean(0)
+
+
+def reparam_own_copies(f, mu, log_sigma, n_samples):
+    """.backward() on fresh copies of the leaves (nothing accumulates in the caller's .grad)."""
+    m, s = mu.detach().clone().requires_grad_(), log_sigma.detach().clone().requires_grad_()
+    z = td.Independent(td.Normal(m, s.exp()), 1).rsample((n_samples,))
+    f(z).mean().backward()
+    return m.grad, s.grad
+
+
+def baseline_matrix(f, mu, log_sigma, n_samples):
+    """the leave-one-out means as a matrix product (ones - eye) @ f / (n - 1)."""
+    def loo_matrix(fz):
+        n = fz.shape[0]
+        return (torch.ones(n, n, dtype=fz.dtype, device=fz.device) - torch.eye(n, dtype=fz.dtype, device=fz.device)) \
+            @ fz / (n - 1)
+
+    return make_score(weight=lambda fz, z: fz - loo_matrix(fz))(f, mu, log_sigma, n_samples)
+
+
+def variance_welford(estimator, f, mu, log_sigma, n_samples, n_repeats):
+    """Welford's running mean and sum of squares, one repeat at a time."""
+    mean, m2 = 0.0, 0.0
+    for k in range(1, n_repeats + 1):
+        g = estimator(f, mu, log_sigma, n_samples)[0]
+        delta = g - mean
+        mean = mean + delta / k
+        m2 = m2 + delta * (g - mean)
+    return m2 / (n_repeats - 1)
+
+
+def gumbel_scatter(logits, tau, u, hard=False):
+    """F.softmax, and the one-hot vector by scatter, straight-through written as (y_hard - y).detach() + y."""
+    y = torch.nn.functional.softmax((logits + -(-u.log()).log()) / tau, dim=-1)
+    if not hard:
+        return y
+    y_hard = torch.zeros_like(y).scatter(-1, y.argmax(-1, keepdim=True), 1.0)
+    return (y_hard - y).detach() + y
+
+
+@pytest.mark.parametrize("exercise_id, fn", [
+    ("04.score_function", score_vmap), ("04.reparam", reparam_own_copies), ("04.baseline", baseline_matrix),
+    ("04.variance", variance_welford), ("04.gumbel_softmax", gumbel_scatter),
+])
+def test_hostile_correct_answers_pass(exercise_id, fn):
+    _ok(exercise_id, fn)
+
+
+def test_the_gumbel_reference_is_the_package_s():
+    """The check's reference, given the noise, is coursepkg.estimators.gumbel_softmax with the generator of it."""
+    logits = torch.randn(5, 4, dtype=torch.float64)
+    u = torch.rand(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for hard in (False, True):
+        expected = E.gumbel_softmax(logits, 0.7, hard=hard, generator=torch.Generator().manual_seed(3))
+        assert torch.allclose(C._gumbel(logits, 0.7, u, hard), expected, rtol=1e-12, atol=1e-12)

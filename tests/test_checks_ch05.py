@@ -17,6 +17,7 @@ from coursepkg import probability as P
 from coursepkg.elbo import iwae_bound
 from coursepkg.grading import check
 from coursepkg.grading.checks import ch05_vae as C
+from coursepkg.grading.kit import slip_combinations
 from coursepkg.vae import VAE
 
 from .helpers import check_fails, check_passes
@@ -491,9 +492,9 @@ def test_shape_slips_are_explained():
 
 def test_verdicts_are_one_stable_line(capsys):
     check("05.vae_loss", ref_vae_loss)
-    assert capsys.readouterr().out == ("[05.vae_loss] PASSED: matches the negative ELBO of coursepkg.vae (values and "
-                                       "gradients) on 10 random inputs: Bernoulli logits, and Gaussian means with "
-                                       "sigma2 = 0.3, 2 and the default 1\n")
+    assert capsys.readouterr().out == ("[05.vae_loss] PASSED: matches the reference (values and gradients) on 10 "
+                                       "random inputs: Bernoulli logits, and Gaussian means with sigma2 = 0.3, 2 and "
+                                       "the default 1\n")
     check("05.reparameterize", _not_implemented)
     assert capsys.readouterr().out.startswith("[05.reparameterize] FAILED: not implemented yet")
 
@@ -517,8 +518,8 @@ def test_checks_do_not_disturb_the_random_state():
     assert torch.equal(torch.randn(3), expected)
 
 
-def test_inputs_are_not_shared_with_the_reference():
-    # an answer that modifies its inputs in place must not corrupt the reference it is compared with
+def test_an_answer_that_changes_its_inputs_in_place_fails_naming_the_argument():
+    # an answer that modifies its inputs in place would corrupt the caller's tensors (and the check's)
     def in_place_reparameterize(mu, logvar):
         z = ref_reparameterize(mu.clone(), logvar.clone())
         with torch.no_grad():
@@ -529,10 +530,6 @@ def test_inputs_are_not_shared_with_the_reference():
     def in_place_loss(x, x_out, mu, logvar, likelihood, sigma2=1.0):
         out = ref_vae_loss(x.clone(), x_out.clone(), mu.clone(), logvar.clone(), likelihood, sigma2)
         x.zero_()
-        with torch.no_grad():
-            x_out.mul_(2)
-            mu.zero_()
-            logvar.add_(1.0)
         return out
 
     def in_place_log_likelihood(x, encode, log_joint, k):
@@ -540,15 +537,22 @@ def test_inputs_are_not_shared_with_the_reference():
         x.add_(1.0)
         return out
 
-    _ok("05.reparameterize", in_place_reparameterize)
-    _ok("05.vae_loss", in_place_loss)
-    _ok("05.log_likelihood", in_place_log_likelihood)
+    def in_place_decoder(decoder, n, latent_dim, likelihood):
+        out = ref_sample_prior(decoder, n, latent_dim, likelihood)
+        with torch.no_grad():
+            decoder.linear.bias.mul_(2)
+        return out
+
+    _fails("05.reparameterize", in_place_reparameterize, "changed its input `mu` in place")
+    _fails("05.vae_loss", in_place_loss, "changed its input `x` in place")
+    _fails("05.log_likelihood", in_place_log_likelihood, "changed its input `x` in place")
+    _fails("05.sample_prior", in_place_decoder, "changed its input `decoder` (its linear.bias) in place")
 
 
 def test_the_loss_catalogue_names_are_the_hints_words():
     """Every slip of the catalogue has a name and a hint, and the catalogue's combinations are few enough to
     search quickly."""
     for options in C.LOSS_ASPECTS.values():
-        assert options[0][1] is None
-        assert all(name and hint for _, name, hint in options[1:])
-    assert sum(1 for _ in C._combinations(C.MAX_SLIPS)) < 20_000
+        assert options[0].name is None and options[0].key == "ok"
+        assert all(o.name and o.hint for o in options[1:])
+    assert sum(1 for _ in slip_combinations(C.LOSS_ASPECTS, C.MAX_SLIPS)) < 20_000

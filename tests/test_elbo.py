@@ -10,13 +10,13 @@ from coursepkg.elbo import (
     GaussianEncoder,
     LinearGaussianModel,
     elbo,
-    fit_encoder,
     gaussian_kl,
     gaussian_mean_cov,
     inference_gaps,
     iwae_bound,
 )
 from coursepkg.probability import mean_and_stderr
+from coursepkg.train import fit
 
 
 @pytest.fixture
@@ -38,17 +38,17 @@ def off_posterior(model, x, shift=0.7, scale=1.5):
     return td.Independent(td.Normal(post.mean + shift, scale * std), 1)
 
 
-def test_log_marginal_matches_torch_distributions(model, x):
+def test_log_likelihood_is_the_exact_marginal(model, x):
     W, b, psi = model.W, model.b, model.noise_var
     ref = td.MultivariateNormal(b, covariance_matrix=W @ W.T + torch.diag(psi)).log_prob(x)
-    assert torch.allclose(model.log_marginal(x), ref, atol=1e-12)
+    assert torch.allclose(model.log_likelihood(x), ref, atol=1e-12)
 
 
 def test_posterior_is_bayes_rule(model, x):
     # log p(z | x) = log p(x, z) - log p(x) at any z
     z = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     lhs = model.posterior(x).log_prob(z)
-    rhs = model.log_joint(x, z) - model.log_marginal(x)
+    rhs = model.log_joint(x, z) - model.log_likelihood(x)
     assert torch.allclose(lhs, rhs, atol=1e-10)
 
 
@@ -62,7 +62,7 @@ def test_sample_has_the_marginal_moments(model):
 
 def test_elbo_is_below_log_p_for_random_q(model, x):
     torch.manual_seed(4)
-    exact = model.log_marginal(x)
+    exact = model.log_likelihood(x)
     for shift, scale in [(0.7, 1.5), (-0.3, 0.5), (0.0, 2.0)]:
         est = elbo(x, model.log_joint, off_posterior(model, x, shift, scale), n_samples=4000)
         assert torch.all(est.estimate <= exact + 4 * est.stderr)
@@ -72,7 +72,7 @@ def test_elbo_is_below_log_p_for_random_q(model, x):
 def test_elbo_equals_log_p_at_the_exact_posterior(model, x):
     torch.manual_seed(5)
     est = elbo(x, model.log_joint, model.posterior(x), n_samples=10)
-    assert torch.allclose(est.estimate, model.log_marginal(x), atol=1e-9)
+    assert torch.allclose(est.estimate, model.log_likelihood(x), atol=1e-9)
     assert torch.all(est.stderr < 1e-9)  # every sample gives log p(x): zero variance
 
 
@@ -83,14 +83,14 @@ def test_gap_equals_kl_to_the_posterior(model, x):
     post = model.posterior(x)
     q_mvn = td.MultivariateNormal(q.mean, covariance_matrix=torch.diag_embed(q.variance))
     kl = td.kl_divergence(q_mvn, post)
-    gap = model.log_marginal(x) - est.estimate
+    gap = model.log_likelihood(x) - est.estimate
     assert torch.all((gap - kl).abs() < 4 * est.stderr + 1e-12)
 
 
 def test_iwae_is_non_decreasing_in_k_and_converges(model, x):
     torch.manual_seed(7)
     q = off_posterior(model, x)
-    exact = model.log_marginal(x)
+    exact = model.log_likelihood(x)
     means = []
     for k in [1, 4, 16, 64]:
         est = iwae_bound(x, model.log_joint, q, k, n_estimates=400)
@@ -135,15 +135,28 @@ def test_bad_input_is_a_clear_error(model, x):
     with pytest.raises(TypeError, match="reparameterized"):
         elbo(x, model.log_joint, td.Categorical(logits=torch.zeros(5, 3)))
     with pytest.raises(ValueError, match=r"x must have shape \(N, 4\)"):
-        model.log_marginal(torch.zeros(3, 2, dtype=torch.float64))
+        model.log_likelihood(torch.zeros(3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="x is torch.float32 .* but the model is torch.float64"):
-        model.log_marginal(x.float())
+        model.log_likelihood(x.float())
     with pytest.raises(ValueError, match="z is torch.float32"):
         elbo(x, model.log_joint, td.Independent(td.Normal(torch.zeros(5, 2), torch.ones(5, 2)), 1))
     with pytest.raises(ValueError, match="noise_var"):
         LinearGaussianModel(model.W, noise_var=-1.0)
     with pytest.raises(ValueError, match="b must have shape"):
         LinearGaussianModel(model.W, b=torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="log_joint must be a callable log_joint"):
+        elbo(x, "model", q)
+    with pytest.raises(ValueError, match=r"z must have shape \(\.\.\., 5, 2\)"):
+        model.log_px_given_z(x, torch.zeros(4, 2, dtype=torch.float64))
+
+
+def test_bounds_take_a_model_or_its_log_joint(model, x):
+    q = model.posterior(x)
+    for bound in (lambda lj: elbo(x, lj, q, n_samples=3), lambda lj: iwae_bound(x, lj, q, 4, n_estimates=2)):
+        torch.manual_seed(3)
+        with_function = bound(model.log_joint)
+        torch.manual_seed(3)
+        assert torch.equal(bound(model).estimate, with_function.estimate)
 
 
 # ------------------------------------------------------------------------ closed forms of the chapter
@@ -154,12 +167,12 @@ def test_closed_form_terms_match_monte_carlo(model, x):
     q = off_posterior(model, x)
     recon, kl = model.elbo_terms(x, q)
     z = q.sample((40_000,))
-    recon_mc = mean_and_stderr(model.log_likelihood(x, z))
+    recon_mc = mean_and_stderr(model.log_px_given_z(x, z))
     assert torch.all((recon - recon_mc.estimate).abs() < 4 * recon_mc.stderr)
     kl_ref = td.kl_divergence(q.base_dist, td.Normal(torch.zeros_like(q.mean), torch.ones_like(q.mean))).sum(-1)
     assert torch.allclose(kl, kl_ref, atol=1e-12)
     # full covariance q: the posterior itself, where the ELBO is log p(x) exactly
-    assert torch.allclose(model.exact_elbo(x, model.posterior(x)), model.log_marginal(x), atol=1e-10)
+    assert torch.allclose(model.exact_elbo(x, model.posterior(x)), model.log_likelihood(x), atol=1e-10)
 
 
 def test_exact_gap_is_the_kl_for_diagonal_and_full_q(model, x):
@@ -168,7 +181,7 @@ def test_exact_gap_is_the_kl_for_diagonal_and_full_q(model, x):
     cov = A @ A.mT + 0.1 * torch.eye(2, dtype=torch.float64)
     q_full = td.MultivariateNormal(post.mean - 0.4, covariance_matrix=cov)
     for q in (off_posterior(model, x), q_full):
-        gap = model.log_marginal(x) - model.exact_elbo(x, q)
+        gap = model.log_likelihood(x) - model.exact_elbo(x, q)
         assert torch.allclose(gap, gaussian_kl(q, post), atol=1e-10)
         assert torch.all(gap > 0)
 
@@ -187,7 +200,7 @@ def test_mean_field_posterior_is_the_best_diagonal_gaussian(model, x):
     # under-dispersed: each variance is at most the posterior's marginal variance
     marg = model.posterior(x).covariance_matrix[0].diagonal()
     assert torch.all(q.variance[0] <= marg + 1e-12)
-    assert torch.all(model.log_marginal(x) - best > 0)  # this posterior is correlated: the gap is positive
+    assert torch.all(model.log_likelihood(x) - best > 0)  # this posterior is correlated: the gap is positive
 
 
 def test_gaussian_mean_cov_and_kl_errors(model, x):
@@ -197,20 +210,42 @@ def test_gaussian_mean_cov_and_kl_errors(model, x):
         model.elbo_terms(x, off_posterior(model, x[:3]))
 
 
+def fit_encoder(encoder, x, model):
+    """Amortized inference with the one training loop: the encoder minimises the negative ELBO of the fixed model."""
+    return fit(encoder, x, lambda xb: -elbo(xb, model, encoder.q(xb)).estimate.mean(), steps=600, lr=2e-2,
+               batch_size=128, seed=0, progress=False, device="cpu")
+
+
+def test_fit_trains_an_encoder_and_leaves_the_model_alone(model):
+    xs, _ = model.sample(200, generator=torch.Generator().manual_seed(11))
+    W = model.W.clone()
+    torch.manual_seed(12)
+    enc = GaussianEncoder(4, 2).double()
+    hist = fit(enc, xs, lambda xb: -elbo(xb, model.log_joint, enc.q(xb)).estimate.mean(), steps=50, lr=2e-2,
+               batch_size=64, progress=False, device="cpu")
+    assert torch.equal(model.W, W) and len(hist) == 50
+    # the history logs the same loss whether elbo() gets the model or its log_joint
+    torch.manual_seed(12)
+    enc2 = GaussianEncoder(4, 2).double()
+    hist2 = fit(enc2, xs, lambda xb: -elbo(xb, model, enc2.q(xb)).estimate.mean(), steps=50, lr=2e-2,
+                batch_size=64, progress=False, device="cpu")
+    assert hist2["loss"] == hist["loss"]
+
+
 def test_linear_encoder_closes_the_amortization_gap_and_a_bottleneck_does_not(model):
     xs, _ = model.sample(400, generator=torch.Generator().manual_seed(11))
     torch.manual_seed(12)
     enc = GaussianEncoder(4, 2).double()
     before = inference_gaps(model, xs, enc)
-    hist = fit_encoder(enc, xs, model.log_joint, steps=600, lr=2e-2, batch_size=128, seed=0)
+    hist = fit_encoder(enc, xs, model)
     after = inference_gaps(model, xs, enc)
-    assert len(hist) == 600 and sum(hist[-50:]) / 50 > sum(hist[:50]) / 50
+    assert len(hist) == 600 and hist.mean(last=50) < sum(hist["loss"][:50]) / 50   # the negative ELBO went down
     assert after.amortization_gap.mean() < 0.05 * before.amortization_gap.mean()
     assert after.amortization_gap.mean() < 0.1
     assert torch.all(after.amortization_gap > -1e-10)  # the mean-field q is the best diagonal one
     assert torch.allclose(after.approximation_gap + after.amortization_gap, after.log_px - after.elbo_amortized)
     narrow = GaussianEncoder(4, 2, bottleneck=1).double()
-    fit_encoder(narrow, xs, model.log_joint, steps=600, lr=2e-2, batch_size=128, seed=0)
+    fit_encoder(narrow, xs, model)
     assert inference_gaps(model, xs, narrow).amortization_gap.mean() > 5 * after.amortization_gap.mean() + 0.05
 
 
@@ -223,5 +258,5 @@ def test_encoder_bad_input():
         enc(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="z_dim must be a positive int"):
         GaussianEncoder(3, 0)
-    with pytest.raises(ValueError, match="lr must be a positive number"):
-        fit_encoder(enc, torch.zeros(4, 3), lambda x, z: z.sum(-1), lr=0)
+    with pytest.raises(TypeError, match="hidden\\[0\\] must be a positive int"):
+        GaussianEncoder(3, 2, hidden=(8.0,))

@@ -270,9 +270,9 @@ THETA = torch.tensor(0.5, requires_grad=True)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS.values())
-@pytest.mark.parametrize("n", [0, -3, 2.5, True])
-def test_bad_n_samples(estimator, n):
-    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+@pytest.mark.parametrize("n, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_bad_n_samples(estimator, n, error):
+    with pytest.raises(error, match="n_samples must be a positive int"):
         estimator(square, normal, THETA, n)
 
 
@@ -315,7 +315,7 @@ def test_bad_baseline():
 
 @pytest.mark.parametrize("tau", [0, 0.0, -1.0, math.inf, math.nan])
 def test_bad_tau(tau):
-    with pytest.raises(ValueError, match="tau must be a positive temperature"):
+    with pytest.raises(ValueError, match="tau must be a positive number"):
         gumbel_softmax(LOGITS, tau)
 
 
@@ -324,7 +324,7 @@ def test_bad_gumbel_and_straight_through_inputs():
         gumbel_softmax(LOGITS, "1")
     with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
         gumbel_softmax(torch.tensor([1, 2]), 1.0)
-    with pytest.raises(TypeError, match="logits must be a floating-point tensor of shape"):
+    with pytest.raises(ValueError, match=r"logits must be a floating-point tensor of shape \(\.\.\., K\), got shape"):
         gumbel_softmax(torch.tensor(1.0), 1.0)
     with pytest.raises(ValueError, match="hard and soft must have the same shape"):
         straight_through(torch.zeros(3), torch.zeros(4))

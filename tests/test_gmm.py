@@ -262,7 +262,7 @@ def test_bad_input_is_a_clear_error():
         G.fit(x, 3, init=good)
     with pytest.raises(ValueError, match="reg_covar"):
         G.fit(x, 2, reg_covar=-1.0)
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="x must be a floating-point tensor of shape"):
         G.fit(torch.ones(10, 2, dtype=torch.long), 2)
     with pytest.raises(ValueError, match=r"resp must have shape \(N, K\)"):
         G.m_step(x, torch.ones(9, 2, dtype=torch.float64))

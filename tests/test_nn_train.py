@@ -53,7 +53,7 @@ def test_mlp_layers_and_shapes():
 
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"in_dim": 0}, ValueError, "in_dim"),
-    ({"out_dim": 2.0}, ValueError, "out_dim"),
+    ({"out_dim": 2.0}, TypeError, "out_dim must be a positive int"),
     ({"hidden": (7, 0)}, ValueError, "hidden[1]"),
     ({"hidden": "77"}, TypeError, "hidden"),
     ({"activation": nn.ReLU()}, TypeError, "activation"),
@@ -381,7 +381,7 @@ def test_fit_rejects_bad_arguments():
         ({"steps": 5, "epochs": 1}, ValueError, "exactly one of steps and epochs"),
         ({"steps": {"quick": 5, "full": 50}}, TypeError, "budget"),
         ({"steps": 0}, ValueError, "steps must be a positive int"),
-        ({"epochs": 1.5}, ValueError, "epochs"),
+        ({"epochs": 1.5}, TypeError, "epochs must be a positive int"),
         ({"steps": 5, "batch_size": 0}, ValueError, "batch_size"),
         ({"steps": 5, "lr": -1.0}, ValueError, "lr"),
         ({"steps": 5, "seed": -1}, ValueError, "seed"),

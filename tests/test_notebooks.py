@@ -13,6 +13,7 @@ from coursepkg.instructor.generator import (
     BEGIN,
     END,
     GeneratorError,
+    cell_role,
     content_hash,
     generate_exercises,
     install_cell_source,
@@ -68,6 +69,25 @@ def test_generator_replaces_solutions_and_clears_outputs(tmp_path):
             assert cell.outputs == [] and cell.execution_count is None
     # the solution is untouched
     assert "y = 2 * x" in _read(root / "solutions" / "01_demo.ipynb").cells[1].source
+
+
+def test_generator_marks_answer_and_locked_cells(tmp_path):
+    root = _mini_repo(tmp_path, _solution_cells())
+    generate_exercises(root)
+    solution = _read(root / "solutions" / "01_demo.ipynb")
+    nb = _read(root / "exercises" / "01_demo.ipynb")
+    roles = [cell_role(c) for c in nb.cells]
+    # install, badge, "# Demo", the answer, the markdown answer, the check ("solution only" is dropped)
+    assert roles == [("locked", "install-coursepkg"), None, None, ("answer", solution.cells[1].id),
+                     ("answer", solution.cells[3].id), ("locked", solution.cells[4].id)]
+    assert "NotImplementedError" in nb.cells[3].source
+    # the marks are what the student's front end keeps: metadata, not cell ids
+    assert nb.cells[3].metadata["coursepkg"] == {"answer": solution.cells[1].id}
+    # and they are stable: regenerating after a change elsewhere keeps them
+    solution.cells[0].source = "# Demo, revised"
+    nbformat.write(solution, root / "solutions" / "01_demo.ipynb")
+    generate_exercises(root)
+    assert [cell_role(c) for c in _read(root / "exercises" / "01_demo.ipynb").cells] == roles
 
 
 def test_generator_is_idempotent_and_check_detects_staleness(tmp_path):

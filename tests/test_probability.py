@@ -422,15 +422,16 @@ def test_monte_carlo_detaches_values():
     assert not mc.estimate.requires_grad
 
 
-@pytest.mark.parametrize("n", [1, 0, -5, 2.5, True, "10"])
-def test_monte_carlo_rejects_bad_n_samples(n):
-    with pytest.raises(ValueError, match="n_samples must be an int >= 2"):
+@pytest.mark.parametrize("n, error", [(1, ValueError), (0, ValueError), (-5, ValueError), (2.5, TypeError),
+                                      (True, TypeError), ("10", TypeError)])
+def test_monte_carlo_rejects_bad_n_samples(n, error):
+    with pytest.raises(error, match="n_samples must be an int >= 2"):
         P.monte_carlo(lambda x: x, lambda m: torch.randn(m), n)
 
 
-@pytest.mark.parametrize("bs", [0, -1, 2.0])
-def test_monte_carlo_rejects_bad_batch_size(bs):
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+@pytest.mark.parametrize("bs, error", [(0, ValueError), (-1, ValueError), (2.0, TypeError)])
+def test_monte_carlo_rejects_bad_batch_size(bs, error):
+    with pytest.raises(error, match="batch_size must be a positive int"):
         P.monte_carlo(lambda x: x, lambda m: torch.randn(m), 10, batch_size=bs)
 
 

@@ -145,7 +145,7 @@ def test_gradients_reach_the_encoder_through_z():
     out["loss"].backward()
     mu, logvar = model.encoder.mu, model.encoder.logvar
     z = (mu + torch.exp(0.5 * logvar) * eps).detach().requires_grad_(True)
-    (-model.recon_log_prob(x, z).mean()).backward()
+    (-model.log_px_given_z(x, z).mean()).backward()
     # chain rule through z = mu + exp(logvar / 2) * eps
     assert torch.allclose(mu.grad, z.grad, rtol=1e-12)
     assert torch.allclose(logvar.grad, z.grad * 0.5 * torch.exp(0.5 * logvar.detach()) * eps, rtol=1e-12)
@@ -259,7 +259,7 @@ def test_log_likelihood_converges_to_the_exact_log_px_of_a_linear_gaussian_vae()
         decoder.bias.copy_(b)
     model = VAE(ExactPosteriorEncoder(lg, 0.5, 2.0), decoder, 2, "gaussian", sigma2=0.3)
     x = lg.sample(8, generator=g)[0]
-    exact = lg.log_marginal(x)
+    exact = lg.log_likelihood(x)
     torch.manual_seed(3)
     expected = {k: model.log_likelihood(x.repeat(200, 1), k).view(200, 8).mean(0) for k in (1, 5)}  # E[bound]
     assert torch.all(expected[1] < expected[5]) and torch.all(expected[5] < exact)   # q is imperfect: loose bounds
@@ -308,15 +308,16 @@ def test_vae_mlp_is_the_classic_784_400_20_model():
 def test_sample_and_reconstruct():
     torch.manual_seed(0)
     model = VAE.mlp(64, (32,), 4)
-    probs = model.sample(7, generator=torch.Generator().manual_seed(0))
-    assert probs.shape == (7, 64) and probs.min() >= 0 and probs.max() <= 1
-    assert torch.equal(probs, model.sample(7, generator=torch.Generator().manual_seed(0)))
-    pixels = model.sample(7, mean=False)
+    probs, z = model.sample(7, generator=torch.Generator().manual_seed(0))
+    assert probs.shape == (7, 64) and probs.min() >= 0 and probs.max() <= 1 and z.shape == (7, 4)
+    assert torch.equal(probs, model.sample(7, generator=torch.Generator().manual_seed(0)).x)
+    assert torch.equal(probs, torch.sigmoid(model.decode(z)))       # x is the mean of p(x | z) at the z returned
+    pixels = model.sample(7, mean=False).x
     assert set(pixels.unique().tolist()) <= {0.0, 1.0}
     assert model.reconstruct(torch.rand(3, 64)).shape == (3, 64)
     gauss = VAE.mlp(64, (32,), 4, likelihood="gaussian", sigma2=0.01)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    noisy, clean = gauss.sample(2000, mean=False, generator=g1), gauss.sample(2000, generator=g2)
+    noisy, clean = gauss.sample(2000, mean=False, generator=g1).x, gauss.sample(2000, generator=g2).x
     assert abs((noisy - clean).std().item() - 0.1) < 0.005
 
 
@@ -327,11 +328,11 @@ def test_conv_vae_takes_images_or_flat_and_trains(tmp_path):
     images = x.reshape(-1, 1, 8, 8)
     eps = torch.randn(256, 4)
     assert torch.equal(model.loss(images, eps=eps)["loss"], model.loss(x, eps=eps)["loss"])
-    assert model.sample(3).shape == (3, 1, 8, 8) and model.reconstruct(x[:2]).shape == (2, 1, 8, 8)
+    assert model.sample(3).x.shape == (3, 1, 8, 8) and model.reconstruct(x[:2]).shape == (2, 1, 8, 8)
     h = fit(model, images, steps=60, batch_size=64, lr=3e-3, progress=False)
     assert h.mean(last=10) < sum(h["loss"][:10]) / 10
     big = VAE.conv((1, 28, 28), 16)
-    assert big.sample(2).shape == (2, 1, 28, 28)
+    assert big.sample(2).x.shape == (2, 1, 28, 28)
     assert big.log_likelihood(torch.rand(2, 784), 8).shape == (2,)
 
 
@@ -359,13 +360,13 @@ def test_methods_reject_bad_inputs():
     x = torch.rand(N, D)
     for call, error, words in [
         (lambda: model.loss(x[0]), ValueError, "x must be a floating-point batch"),
-        (lambda: model.loss(x.long()), ValueError, "x must be a floating-point batch"),
+        (lambda: model.loss(x.long()), TypeError, "x must be a floating-point batch"),
         (lambda: model.loss(x + 1.0), ValueError, r"\[0, 1\]"),
         (lambda: model.loss(x, beta=-1.0), ValueError, "beta"),
         (lambda: model.loss(x, free_bits=float("nan")), ValueError, "free_bits"),
         (lambda: model.loss(x, eps=torch.randn(N, DZ + 1)), ValueError, "broadcast"),
         (lambda: model.decode(torch.randn(N, DZ + 1)), ValueError, f"z must have shape \\(\\.\\.\\., {DZ}\\)"),
-        (lambda: model.recon_log_prob(x, torch.randn(N + 1, DZ)), ValueError, "do not match"),
+        (lambda: model.log_px_given_z(x, torch.randn(N + 1, DZ)), ValueError, "do not match"),
         (lambda: model.log_likelihood(x, 0), ValueError, "k must be"),
         (lambda: model.log_likelihood(x, 5, chunk_size=0), ValueError, "chunk_size"),
         (lambda: model.sample(0), ValueError, "n must be"),
@@ -401,7 +402,7 @@ def test_an_autoregressive_decoder_is_teacher_forced_in_the_likelihood():
     x = torch.bernoulli(torch.full((N, D), 0.4, dtype=torch.float64), generator=g)
     z = torch.randn(4, N, DZ, generator=g, dtype=torch.float64)                     # (S, N, DZ)
     expected = torch.stack([bernoulli_log_lik(x, model.decoder(z[s], x)) for s in range(4)])
-    assert torch.allclose(model.recon_log_prob(x, z), expected, rtol=1e-12)
+    assert torch.allclose(model.log_px_given_z(x, z), expected, rtol=1e-12)
     assert model.decode(z, x).shape == (4, N, D)
     # the loss is the negative ELBO with the closed-form KL, as for a plain decoder
     eps = torch.randn(N, DZ, generator=g, dtype=torch.float64)
@@ -415,9 +416,10 @@ def test_an_autoregressive_decoder_is_teacher_forced_in_the_likelihood():
 
 def test_an_autoregressive_vae_samples_pixel_by_pixel_and_trains():
     model = ar_model()
-    pixels = model.sample(6, mean=False, generator=torch.Generator().manual_seed(0))
-    probs = model.sample(6, generator=torch.Generator().manual_seed(0))
-    assert pixels.shape == probs.shape == (6, D) and set(pixels.unique().tolist()) <= {0.0, 1.0}
+    pixels, z = model.sample(6, mean=False, generator=torch.Generator().manual_seed(0))
+    probs = model.sample(6, generator=torch.Generator().manual_seed(0)).x
+    assert z.shape == (6, model.latent_dim) and pixels.shape == probs.shape == (6, D)
+    assert set(pixels.unique().tolist()) <= {0.0, 1.0}
     assert torch.all((probs > 0) & (probs < 1))
     assert model.reconstruct(torch.rand(3, D, dtype=torch.float64)).shape == (3, D)
     x = (digits(dtype=torch.float64)[0][:256, :D] > 0.5).double()

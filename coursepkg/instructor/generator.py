@@ -7,6 +7,14 @@ in markdown cells, the text between ``<!-- BEGIN SOLUTION -->`` and ``<!-- END S
 becomes *YOUR ANSWER HERE*; cells tagged ``solution-only`` are dropped. Outputs are cleared, a
 Colab badge is added, and ``exercises/NN_slug.ipynb`` is written.
 
+Every code cell of an exercise says, in its metadata, what it is to the batch grader
+(:mod:`coursepkg.instructor.batch`): ``{"coursepkg": {"answer": KEY}}`` for a cell the student fills
+in (it held a solution block), ``{"coursepkg": {"locked": KEY}}`` for the others (setup, check and
+demonstration cells, which the grader always runs from the reference exercise). ``KEY`` is the
+solution cell's nbformat id, so it is stable across regenerations and equals the cell id of the
+solution, which lets the grader match a solution notebook like a submission; Jupyter and Colab keep
+cell metadata even where they rewrite cell ids. :func:`cell_role` reads it back.
+
 The generator never overwrites work. Each generated notebook records, in its metadata, a hash of
 the content it was generated with. Before writing, the generator hashes the existing file's content
 (cell types, sources and outputs): if it differs from the recorded hash (a student ran or edited
@@ -35,6 +43,8 @@ STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 MD_STUB = "*YOUR ANSWER HERE*"
 INSTALL_MARKER = "# coursepkg install cell"
 SOLUTION_ONLY_TAG = "solution-only"
+ANSWER, LOCKED = "answer", "locked"  # the roles of exercise cells, in their metadata (see cell_role)
+INSTALL_KEY = "install-coursepkg"
 NOTEBOOK_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 
 
@@ -167,6 +177,22 @@ def content_hash(nb: dict) -> str:
     return hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def cell_role(cell: dict) -> tuple[str, str] | None:
+    """``(role, key)`` of a cell of a generated exercise, ``role`` being ``"answer"`` or ``"locked"``;
+    ``None`` for a cell without the generator's mark (one a student added, or any markdown cell
+    that is not an answer)."""
+    mark = (cell.get("metadata") or {}).get("coursepkg")
+    if isinstance(mark, dict):
+        for role in ANSWER, LOCKED:
+            if isinstance(mark.get(role), str):
+                return role, mark[role]
+    return None
+
+
+def _mark(cell: nbformat.NotebookNode, role: str, key: str) -> None:
+    cell.metadata["coursepkg"] = {role: key}
+
+
 def make_exercise(solution: nbformat.NotebookNode, repo: Repository, relpath: str,
                   source_relpath: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from ``solution`` (which is not modified)."""
@@ -178,15 +204,21 @@ def make_exercise(solution: nbformat.NotebookNode, repo: Repository, relpath: st
             continue
         if _is_install_cell(cell):
             continue  # replaced by the canonical one below
+        key = cell.get("id") or f"cell-{i}"  # nbformat keeps ids unique (it renames duplicates on reading)
         if cell.cell_type == "code":
-            n_blocks += cell.source.count(BEGIN)
+            blocks = cell.source.count(BEGIN)
+            n_blocks += blocks
             cell.source = _strip_code(cell.source, where)
             cell.outputs, cell.execution_count = [], None
-            for key in ("execution", "collapsed", "scrolled"):
-                cell.metadata.pop(key, None)
+            for name in ("execution", "collapsed", "scrolled"):
+                cell.metadata.pop(name, None)
+            _mark(cell, ANSWER if blocks else LOCKED, key)
         elif cell.cell_type == "markdown":
-            n_blocks += cell.source.count(MD_BEGIN)
+            blocks = cell.source.count(MD_BEGIN)
+            n_blocks += blocks
             cell.source = _strip_markdown(cell.source, where)
+            if blocks:
+                _mark(cell, ANSWER, key)
         cells.append(cell)
     if n_blocks == 0:
         raise GeneratorError(f"{source_relpath} has no '{BEGIN}' block: nothing for the student to write")
@@ -195,7 +227,9 @@ def make_exercise(solution: nbformat.NotebookNode, repo: Repository, relpath: st
         "*Exercise notebook: fill in every cell marked `YOUR CODE HERE`, run it, then run the check cell "
         "below it. Generated from the solutions by `python -m coursepkg exercises`.*")
     badge["id"] = "colab-badge"
-    nb.cells = [_install_cell(repo, like={"id": "install-coursepkg"}), badge] + cells
+    install = _install_cell(repo, like={"id": INSTALL_KEY})
+    _mark(install, LOCKED, INSTALL_KEY)
+    nb.cells = [install, badge] + cells
     nb.metadata.pop("widgets", None)
     nb.metadata["coursepkg"] = {"generated_from": source_relpath}
     nb.metadata["coursepkg"]["content_hash"] = content_hash(nb)

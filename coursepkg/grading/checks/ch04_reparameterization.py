@@ -1,123 +1,112 @@
-r"""Checks of the chapter 04 exercises (``solutions/04_reparameterization.ipynb``).
+r"""Checks of the chapter 04 exercises (``solutions/04_reparameterization.ipynb``), written with the check kit.
 
-Every estimator exercise works with a diagonal Gaussian :math:`q = \mathcal N(\mu, \operatorname{diag}\sigma^2)`,
-:math:`\sigma = \exp(\log\sigma)`, given as two tensors ``mu`` and ``log_sigma`` of shape ``(D,)``
-(leaf tensors with ``requires_grad=True``, like parameters), and with an objective ``f`` mapping samples
-``(n, D)`` to values ``(n,)``. The estimators return ``(grad_mu, grad_log_sigma)``, two ``(D,)``
-tensors.
+The estimators work with a diagonal Gaussian :math:`q = \mathcal N(\mu, \operatorname{diag}\sigma^2)`,
+:math:`\sigma = \exp(\log\sigma)`, given as two leaf tensors ``mu`` and ``log_sigma`` of shape ``(D,)``, and an
+objective ``f`` mapping samples ``(n, D)`` to values ``(n,)``; they return ``(grad_mu, grad_log_sigma)``.
 
-How a random answer is checked, deterministically. The ``f`` that a check passes is a known function
-(quadratic, sine and, for the score function, step terms) that also *records the samples it is
-evaluated on*. So the check knows the student's samples, and:
+How a random estimate is checked, deterministically. The check's ``f`` is a known function (quadratic, sine
+and, for the score function, step terms) handed to the answer through a :class:`~coursepkg.grading.kit.Recorder`,
+so the check knows the samples the answer drew. The answer is called twice on the first Gaussian (nothing the
+check expects exists yet), then:
 
-1. the samples must be ``n_samples`` independent draws of ``N(mu, sigma^2)``: the standardised samples
-   ``(z - mu) / sigma`` have mean 0 and variance 1 within 5 standard errors per coordinate; a
-   sampling slip (``log_sigma`` used as the standard deviation, the same noise for every sample,
-   ...) is recognised by the same test against the distribution that slip gives;
-2. the estimate must equal the estimator's formula evaluated *on those very samples*, to round-off:
-   the per-sample terms are the closed forms, for this Gaussian, of what
-   :func:`coursepkg.estimators.score_function_grad` and :func:`coursepkg.estimators.reparam_grad`
-   compute with autograd (``tests/test_checks_ch04.py`` verifies that they agree). Each typical
-   mistake (a missing log, a flipped score, a forgotten -1, a detached sample, a baseline that
-   includes its own sample, ...) gives another exact value, so the failure names it;
-3. the estimate must lie within 5 standard errors (of the reference estimator, on those samples) of
-   the exact gradient of ``E[f]``, known in closed form.
+1. its samples, standardised, ``(z - mu) / sigma``, must look like independent standard normal draws (the kit's
+   :func:`~coursepkg.grading.kit.independence_test` and :func:`~coursepkg.grading.kit.normal_test`), fresh at
+   the second call; a sampling slip (``log_sigma`` used as the standard deviation, one noise for every sample,
+   ...) is named when the samples standardised *its* way look normal;
+2. the estimate must equal the estimator's formula evaluated on those very samples, to round-off: the
+   per-sample terms are the closed forms, for this Gaussian, of what :mod:`coursepkg.estimators` computes with
+   autograd (``tests/test_checks_ch04.py`` verifies that they agree), and each typical mistake gives another
+   exact value, so the failure names it;
+3. the estimate must lie within 5 standard errors of the exact gradient of ``E[f]``, known in closed form.
 
-An answer that evaluates ``f`` inside a ``torch.func`` transform cannot be recorded; only test 3
-runs for it (the standard error then comes from fresh reference samples). Every check seeds torch's
-global generator inside the check (:func:`coursepkg.grading.check` restores the notebook's state), so
-an answer always gets the same verdict. ``04.variance`` and ``04.gumbel_softmax`` are deterministic:
-the first hands the student a recording estimator, the second takes the uniform noise as an input.
+An answer that evaluates ``f`` inside a ``torch.func`` transform cannot be recorded: only its structure, its
+freshness and test 3 run for it. ``04.variance`` hands the answer a recorded estimator; ``04.gumbel_softmax``
+takes the uniform noise as an input, so it is a deterministic :func:`~coursepkg.grading.kit.function_check`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import distributions as td
 
 from coursepkg import estimators as E
-from coursepkg.grading.core import (
-    CheckFailure,
-    Mistake,
+from coursepkg.grading import CheckFailure, Mistake, register
+from coursepkg.grading.kit import (
+    F64,
+    N_SIGMA,
+    RANDOM_MESSAGES,
+    Also,
+    Case,
+    Recorder,
+    Slip,
     call,
     close,
     compare,
+    compare_gradients,
     describe_inputs,
-    fmt,
+    distinct,
+    fresh,
+    function_check,
+    independence_test,
+    looks_uniform,
+    normal_test,
     random_cases,
-    register,
     require_callable,
+    require_like,
+    statistical_failure,
+    tolerance,
+    unpack,
+    vec,
+    ztest,
 )
 
-F64 = torch.float64
-N_SIGMA = 5.0                   # a Monte Carlo answer is accepted within this many standard errors
 ZTEST_MIN_N = 400               # the z-test against the exact gradient needs an estimate close to normal
 # (n_samples, D): several dimensions, enough samples for the distribution test to tell slips apart
 SHAPES = [(2000, 3), (3000, 1), (1500, 4)]
 BASELINE_SHAPES = [(40, 3), (2500, 2), (400, 1)]   # a small n first: there the own-sample bias is (n - 1) / n
+PAIR = "a tuple (grad_mu, grad_log_sigma)"
+NAMES = ("grad_mu", "grad_log_sigma")
 
 
 # --------------------------------------------------------------------------------------------------
-# the recording objective
+# the Gaussian, the objective, and the estimators' per-sample terms (float64)
 # --------------------------------------------------------------------------------------------------
-def _functorch_wrapped(t: torch.Tensor) -> bool:
-    try:
-        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-    except (AttributeError, RuntimeError):  # pragma: no cover - older torch
-        return False
-
-
 class Objective:
-    r"""``f(z) = sum_d [a_d (z_d - m_d)^2 + b_d sin(z_d) + h_d 1{z_d > t_d}] + c``, for samples ``z (n, D)``.
+    r"""``f(z) = sum_d [a_d (z_d - m_d)^2 + b_d sin(z_d) + h_d 1{z_d > t_d}] + c`` for samples ``z (n, D)``, with
+    random coefficients in the case's dtype and device (``p``; ``p64`` holds the same numbers in float64).
+    ``step=False`` drops the (non-differentiable) step terms; :meth:`exact` is the gradient of ``E_q[f]``."""
 
-    Calling it records the samples (detached, as float64 rows) and whether they required grad.
-    ``step=False`` drops the (non-differentiable) step terms. The exact gradient of ``E_q[f]`` with
-    respect to ``(mu, log_sigma)`` is :meth:`exact`.
-    """
-
-    def __init__(self, gen: torch.Generator, D: int, dtype: torch.dtype, device: torch.device, step: bool):
-        self.D, self.dtype, self.device, self.step = D, dtype, device, step
-        a = 0.3 + 0.7 * torch.rand(D, generator=gen, dtype=F64)
-        m = torch.randn(D, generator=gen, dtype=F64)
-        b = torch.randn(D, generator=gen, dtype=F64)
-        h = (0.8 * torch.randn(D, generator=gen, dtype=F64)) if step else torch.zeros(D, dtype=F64)
-        t = 0.5 * torch.randn(D, generator=gen, dtype=F64)
-        self.c = float(torch.empty((), dtype=F64).uniform_(-1.0, 2.0, generator=gen))
-        # the values the answer's dtype sees, and the same numbers in float64 for the reference
-        self._p = {k: v.to(dtype=dtype, device=device) for k, v in dict(a=a, m=m, b=b, h=h, t=t).items()}
-        self.p64 = {k: v.to(dtype).to(F64) for k, v in dict(a=a, m=m, b=b, h=h, t=t).items()}
-        self.device = self._p["a"].device   # with its index: torch.device("cuda") becomes cuda:0
-        self.reset()
-
-    def reset(self) -> None:
-        self.calls: list[tuple[torch.Tensor, bool]] = []
-        self.wrapped = False
+    def __init__(self, case: Case, D: int, step: bool):
+        self.D, self.dtype, self.step = D, case.dtype, step
+        zero = torch.zeros(D, **case.like)
+        self.p = dict(a=case.rand(D, low=0.3, high=1.0), m=case.randn(D), b=case.randn(D),
+                      h=case.randn(D, scale=0.8) if step else zero, t=case.randn(D, scale=0.5))
+        self.c = case.rand(1, low=-1.0, high=2.0).item()
+        self.p64 = {k: v.to(F64).cpu() for k, v in self.p.items()}
+        self.device = self.p["a"].device           # with its index: torch.device("cuda") becomes cuda:0
 
     def __repr__(self) -> str:
         return f"<the check's objective f: samples (n, {self.D}) -> values (n,)>"
 
-    # the function
-    @staticmethod
-    def _value(z, p, c, step):
-        out = (p["a"] * (z - p["m"]) ** 2 + p["b"] * torch.sin(z)).sum(-1) + c
-        if step:
-            out = out + (p["h"] * (z > p["t"]).to(z.dtype)).sum(-1)
-        return out
+    def _value(self, z: torch.Tensor, p: dict) -> torch.Tensor:
+        out = (p["a"] * (z - p["m"]) ** 2 + p["b"] * torch.sin(z)).sum(-1) + self.c
+        return out + (p["h"] * (z > p["t"]).to(z.dtype)).sum(-1) if self.step else out
 
     def value64(self, z: torch.Tensor) -> torch.Tensor:
-        return self._value(z, self.p64, self.c, self.step)
+        return self._value(z, self.p64)
 
     def grad64(self, z: torch.Tensor) -> torch.Tensor:
-        """``df/dz`` per sample, ``(n, D)``, float64 (the step terms have derivative 0 almost everywhere)."""
+        """``df/dz`` per sample, ``(n, D)`` (the step terms have derivative 0 almost everywhere)."""
         p = self.p64
         return 2 * p["a"] * (z - p["m"]) + p["b"] * torch.cos(z)
 
     def exact(self, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact ``(d/dmu, d/dlog_sigma) E_q[f]`` (float64), with
-        ``E[(z-m)^2] = (mu-m)^2 + s^2``, ``E[sin z] = sin(mu) exp(-s^2/2)``, ``P(z > t) = Phi((mu-t)/s)``."""
+        """The exact ``(d/dmu, d/dlog_sigma) E_q[f]``, from ``E[(z-m)^2] = (mu-m)^2 + s^2``,
+        ``E[sin z] = sin(mu) exp(-s^2/2)`` and ``P(z > t) = Phi((mu-t)/s)``."""
         p, s2 = self.p64, sigma**2
         damp = torch.exp(-s2 / 2)
         g_mu = 2 * p["a"] * (mu - p["m"]) + p["b"] * torch.cos(mu) * damp
@@ -125,89 +114,112 @@ class Objective:
         if self.step:
             alpha = (mu - p["t"]) / sigma
             phi = torch.exp(-alpha**2 / 2) / math.sqrt(2 * math.pi)
-            g_mu = g_mu + p["h"] * phi / sigma
-            g_ls = g_ls - p["h"] * phi * alpha
+            g_mu, g_ls = g_mu + p["h"] * phi / sigma, g_ls - p["h"] * phi * alpha
         return g_mu, g_ls
 
     def __call__(self, z):
-        D = self.D
+        D, name = self.D, lambda dt: str(dt).replace("torch.", "")
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"f takes a tensor of samples of shape (n, {D}), got a {type(z).__name__}")
-        if z.dim() == 0 or z.shape[-1] != D:
+        if z.dim() != 2 or z.shape[-1] != D:
             raise ValueError(f"f takes samples of shape (n, {D}), one row per sample, got shape {list(z.shape)}")
         if z.device != self.device:
             raise ValueError(f"f received samples on {z.device}, but mu is on {self.device}: create the noise "
                              "with device=mu.device")
         if z.dtype != self.dtype:
-            raise TypeError(f"f received samples of dtype {str(z.dtype).replace('torch.', '')}, but mu is "
-                            f"{str(self.dtype).replace('torch.', '')}: create the noise with dtype=mu.dtype")
-        if _functorch_wrapped(z):
-            self.wrapped = True
-        else:
-            self.calls.append((z.detach().reshape(-1, D).to(F64).cpu().clone(), bool(z.requires_grad)))
-        return self._value(z, self._p, self.c, self.step)
+            raise TypeError(f"f received samples of dtype {name(z.dtype)}, but mu is {name(self.dtype)}: create the "
+                            "noise with dtype=mu.dtype")
+        return self._value(z, self.p)
 
 
-# --------------------------------------------------------------------------------------------------
-# random trials
-# --------------------------------------------------------------------------------------------------
 class Trial:
-    """One random Gaussian and objective, in the case's dtype and device."""
+    """One random Gaussian (``mu``, ``log_sigma`` in the case's dtype and device, ``|log sigma|`` in [0.4, 0.9]) and
+    objective, for estimates from ``n`` samples of dimension ``D``."""
 
-    def __init__(self, case, n: int, D: int, step: bool):
-        g = case["gen"]
+    def __init__(self, case: Case, n: int, D: int, step: bool):
         self.case, self.n, self.D = case, n, D
-        self.dtype, self.device = case["dtype"], case["device"]
-        mu = 1.2 * torch.randn(D, generator=g, dtype=F64)
-        sign = torch.where(torch.rand(D, generator=g, dtype=F64) < 0.5, -1.0, 1.0).to(F64)
-        ls = sign * (0.4 + 0.5 * torch.rand(D, generator=g, dtype=F64))    # |log sigma| in [0.4, 0.9]
-        self._mu, self._ls = mu.to(self.dtype), ls.to(self.dtype)
-        self.mu64, self.ls64 = self._mu.to(F64), self._ls.to(F64)
-        self.sigma64 = torch.exp(self.ls64)
-        self.f = Objective(g, D, self.dtype, self.device, step)
+        self.mu = case.randn(D, scale=1.2)
+        sign = torch.where(case.rand(D) < 0.5, -1.0, 1.0).to(**case.like)
+        self.ls = sign * case.rand(D, low=0.4, high=0.9)
+        self.mu64, self.ls64 = self.mu.to(F64).cpu(), self.ls.to(F64).cpu()
+        self.sigma64 = self.ls64.exp()
+        self.f = Objective(case, D, step)
+        self.inputs = describe_inputs(mu=self.mu, n_samples=n)
 
     def leaves(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh ``(mu, log_sigma)``: leaf tensors with ``requires_grad=True``."""
-        return (self._mu.to(self.device).clone().requires_grad_(),
-                self._ls.to(self.device).clone().requires_grad_())
-
-    @property
-    def inputs(self) -> str:
-        return describe_inputs(mu=self._mu, n_samples=self.n)
-
-    def tol(self) -> float:
-        return 2e-4 if self.dtype == torch.float32 else 1e-8
+        return self.mu.clone().requires_grad_(), self.ls.clone().requires_grad_()
 
 
-def _trials(seed: int, shapes, step_first: bool = False) -> list[Trial]:
-    out = []
-    for case in random_cases(seed):
-        for i, (n, D) in enumerate(shapes):
-            out.append(Trial(case, n, D, step=step_first and i % 2 == 0))
-    return out
+def _score(trial: Trial, z: torch.Tensor):
+    """The scores ``d/dmu log q(z)`` and ``d/dlog_sigma log q(z)``, ``(n, D)`` each."""
+    u = (z - trial.mu64) / trial.sigma64
+    return u / trial.sigma64, u**2 - 1
+
+
+def _score_terms(trial: Trial, z: torch.Tensor):
+    fz = trial.f.value64(z)[:, None]
+    return tuple(fz * s for s in _score(trial, z))
+
+
+def _path_terms(trial: Trial, z: torch.Tensor):
+    df = trial.f.grad64(z)
+    return df, df * (z - trial.mu64)
+
+
+def _loo_baseline(fz: torch.Tensor) -> torch.Tensor:
+    return (fz.sum() - fz) / (fz.shape[0] - 1)
+
+
+def _baseline_terms(trial: Trial, z: torch.Tensor):
+    fz = trial.f.value64(z)
+    w = (fz - _loo_baseline(fz))[:, None]
+    return tuple(w * s for s in _score(trial, z))
+
+
+def _mean(terms):
+    return tuple(t.mean(0) for t in terms)
+
+
+def _gaussian(mu, log_sigma):
+    return td.Independent(td.Normal(mu, log_sigma.exp()), 1)
+
+
+def _score_solution(f, mu, log_sigma, n_samples, baseline=None):
+    """:func:`coursepkg.estimators.score_function_grad` behind the exercise's signature."""
+    g_mu, g_ls = E.score_function_grad(f, _gaussian, [mu, log_sigma], n_samples, baseline=baseline)
+    return g_mu.grad, g_ls.grad
+
+
+def _baseline_solution(f, mu, log_sigma, n_samples):
+    return _score_solution(f, mu, log_sigma, n_samples, baseline="mean")
+
+
+def _reparam_solution(f, mu, log_sigma, n_samples):
+    """:func:`coursepkg.estimators.reparam_grad` behind the exercise's signature."""
+    g_mu, g_ls = E.reparam_grad(f, _gaussian, [mu, log_sigma], n_samples)
+    return g_mu.grad, g_ls.grad
 
 
 # --------------------------------------------------------------------------------------------------
 # the samples f saw
 # --------------------------------------------------------------------------------------------------
 SAMPLE_HINT = "z = mu + torch.exp(log_sigma) * eps, with eps = torch.randn(n_samples, D) (dtype and device of mu)"
+SAME_NOISE = ("the same noise for every sample", f"draw one noise vector per sample: {SAMPLE_HINT}")
+SAMPLE_MESSAGES = {
+    **RANDOM_MESSAGES, "constant": SAME_NOISE, "same rows": SAME_NOISE,
+    "same columns": ("the same noise for every coordinate (eps of shape (n_samples, 1))",
+                     f"each coordinate needs its own noise: eps = torch.randn(n_samples, D), {SAMPLE_HINT}"),
+}
 
 
-def _recorded_samples(f: Objective, n: int) -> torch.Tensor | None:
-    """The samples ``(n, D)`` (float64) the answer evaluated ``f`` on; None when ``f`` ran inside a
-    ``torch.func`` transform. When the calls hold more than ``n`` samples, a batch evaluated twice
-    (identical tensors) counts once."""
-    if f.wrapped:
+def _samples(f: Recorder, n: int) -> torch.Tensor | None:
+    """The samples ``(n, D)`` (float64) the answer evaluated ``f`` on, a batch evaluated twice counted once; None
+    when ``f`` ran inside a ``torch.func`` transform."""
+    z = f.rows(0)
+    if z is None:
         return None
-    unique = [z for z, _ in f.calls]
-    if sum(u.shape[0] for u in unique) > n:
-        unique, seen = [], set()
-        for z, _ in f.calls:
-            key = (tuple(z.shape), z.numpy().tobytes())
-            if key not in seen:
-                seen.add(key)
-                unique.append(z)
-    total = sum(u.shape[0] for u in unique)
+    total = z.shape[0]
     if total == 0:
         raise CheckFailure("your function never evaluated f: draw the samples z, shape (n_samples, D), and "
                            "compute f(z)")
@@ -217,35 +229,14 @@ def _recorded_samples(f: Objective, n: int) -> torch.Tensor | None:
     if total != n:
         raise CheckFailure(f"f was evaluated on {total} samples in all, expected n_samples = {n}: draw exactly "
                            "n_samples samples and evaluate f on them (once)")
-    return torch.cat(unique)
+    return z
 
 
-def _fits(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> bool:
-    """Whether the rows of ``z`` look like independent draws of ``N(mean, std^2)`` (per coordinate:
-    the standardised mean and variance within 5 standard errors)."""
-    n = z.shape[0]
-    if n < 2 or not bool((std > 0).all()):
-        return False
-    u = (z - mean) / std
-    mean_ok = bool((u.mean(0).abs() * math.sqrt(n) <= N_SIGMA).all())
-    var_ok = bool(((u.var(0) - 1).abs() <= N_SIGMA * math.sqrt(2.0 / (n - 1))).all())
-    return mean_ok and var_ok
-
-
-def _check_samples(z: torch.Tensor, trial: Trial) -> None:
-    """Fail unless ``z`` looks like ``n`` independent draws of ``N(mu, sigma^2)``; name the sampling slip."""
+def _sampling_slips(trial: Trial):
+    """``(name, hint, mean, std)``: the Gaussian each sampling slip draws from."""
     mu, ls, sigma = trial.mu64, trial.ls64, trial.sigma64
-    n, D = z.shape
-    if n > 1 and bool((z == z[0]).all()):
-        raise Mistake("the same noise for every sample", f"draw one noise vector per sample: {SAMPLE_HINT}")
-    u = (z - mu) / sigma
-    if D > 1 and all(close(u[:, 0], u[:, j], 1e-3, 1e-3) for j in range(1, D)):
-        raise Mistake("the same noise for every coordinate (eps of shape (n_samples, 1))",
-                      f"each coordinate needs its own noise: eps = torch.randn(n_samples, D), {SAMPLE_HINT}")
-    if _fits(z, mu, sigma):
-        return
     one, zero = torch.ones_like(mu), torch.zeros_like(mu)
-    slips = [
+    return [
         ("log_sigma used as the standard deviation (std = log_sigma instead of exp(log_sigma))",
          "sigma = torch.exp(log_sigma): log_sigma can be negative, sigma is always positive", mu, ls.abs()),
         ("log_sigma taken for the log-variance (std = exp(log_sigma / 2))",
@@ -258,145 +249,157 @@ def _check_samples(z: torch.Tensor, trial: Trial) -> None:
         ("the mean mu not added to the noise", "z = mu + sigma * eps: shift the scaled noise by mu", zero, sigma),
         ("z = eps: the standard normal noise itself", f"transform the noise: {SAMPLE_HINT}", zero, one),
     ]
-    for name, hint, mean, std in slips:
-        if _fits(z, mean, std):
-            raise Mistake(name, hint)
-    def vec(t):
-        return "[" + ", ".join(fmt(v) for v in t.tolist()) + "]"
 
+
+def _judge_samples(z: torch.Tensor, trial: Trial) -> None:
+    """Fail unless ``z`` looks like ``n`` independent draws of ``N(mu, sigma^2)``; name the sampling slip."""
+    mu, sigma = trial.mu64, trial.sigma64
+    u = (z - mu) / sigma
+    dependence = independence_test(u)
+    if dependence is not None:
+        raise Mistake(*SAMPLE_MESSAGES[dependence])
+    failed = normal_test(u)
+    if failed is None:
+        return
+    for name, hint, mean, std in _sampling_slips(trial):
+        if normal_test((z - mean) / std) is None:
+            raise Mistake(name, hint)
+    if looks_uniform(u):
+        raise Mistake(*RANDOM_MESSAGES["uniform"])
     raise CheckFailure(f"the samples f was evaluated on do not look like draws of N(mu, sigma^2) (for inputs "
                        f"{trial.inputs}): their mean is {vec(z.mean(0))} for mu = {vec(mu)}, their std "
-                       f"{vec(z.std(0))} for sigma = {vec(sigma)}; {SAMPLE_HINT}")
+                       f"{vec(z.std(0))} for sigma = {vec(sigma)} (their {failed} is off by more than chance "
+                       f"allows); {SAMPLE_HINT}")
 
 
 # --------------------------------------------------------------------------------------------------
-# the answer's pair of gradients
+# judging the answer's pair of gradients
 # --------------------------------------------------------------------------------------------------
-def _unpack(got, what: str = "(grad_mu, grad_log_sigma)"):
+def _shape_hints(trial: Trial):
+    per_coordinate = "one value per coordinate of mu; average over the samples (dim 0) only"
+    return [((trial.n, trial.D), "these are per-sample gradients; average them over the samples (.mean(0)) to get "
+             "one (D,) estimate"), ((), per_coordinate), ((1,), per_coordinate)]
+
+
+def _pair(got) -> tuple:
+    return unpack(got, 2, PAIR, refuse=[(E.GradientEstimate, "a coursepkg GradientEstimate: return its .grad")])
+
+
+def _ztest(grads, trial: Trial, terms_fn) -> bool:
+    """Fail unless both estimates lie within ``N_SIGMA`` standard errors of the exact gradient of ``E[f]``; the
+    standard error is the reference estimator's, from 20,000 fresh samples (an answer's own samples would
+    underestimate it when the per-sample terms are heavy-tailed). Skipped (False) below ``ZTEST_MIN_N`` samples,
+    where the estimate is far from normal."""
+    if trial.n < ZTEST_MIN_N:
+        return False
+    gen = torch.Generator().manual_seed(4_000 + trial.D)
+    z = trial.mu64 + trial.sigma64 * torch.randn(20_000, trial.D, generator=gen, dtype=F64)
+    se = [t.std(0) / math.sqrt(trial.n) for t in terms_fn(trial, z)]
+    for name, g, ex, s in zip(NAMES, grads, trial.f.exact(trial.mu64, trial.sigma64), se, strict=True):
+        g = g.detach().to(F64).cpu()
+        if not ztest(g, ex, s, atol=1e-6 * (1 + ex.abs())):
+            raise statistical_failure(name, g, ex, s, inputs=trial.inputs, expected_name="the exact gradient of E[f]",
+                                      advice="the estimator is biased")
+    return True
+
+
+def _judge(got, z, trial: Trial, terms_fn, mistakes_fn, extra=()) -> tuple | None:
+    """Judge one call's ``got`` on its samples ``z`` (None: not recorded, the structure only); return the
+    reference estimate on those samples. ``extra``: more ``(name, hint, value_mu, value_ls)`` mistakes."""
+    like, inputs, hints = trial.case.like, trial.inputs, _shape_hints(trial)
+    if z is None:
+        for name, g in zip(NAMES, _pair(got), strict=True):
+            require_like(g, (trial.D,), **like, what=name, inputs=inputs, shape_hints=hints)
+            if not bool(torch.isfinite(g).all()):
+                raise CheckFailure(f"{name} contains NaN or inf (for inputs {inputs})")
+        return None
+    _judge_samples(z, trial)
+    terms = terms_fn(trial, z)
+    ref = _mean(terms)
+    mistakes = [*mistakes_fn(trial, z), *extra]
+    rtol = 2 * tolerance(trial.case.dtype)[0]
+    for k, (name, g) in enumerate(zip(NAMES, _pair(got), strict=True)):
+        atol = rtol * terms[k].abs().mean().item() + 1e-12
+        values = [(m[0], m[1], None if m[2 + k] is None else m[2 + k].to(**like)) for m in mistakes]
+        r = ref[k].to(**like)
+        compare(g.detach() if isinstance(g, torch.Tensor) else g, r, what=name, inputs=inputs, rtol=rtol, atol=atol,
+                mistakes=distinct(values, r, rtol, atol), shape_hints=hints)
+    return ref
+
+
+def _calls(fn, trial: Trial, times: int, pathwise: bool) -> list[tuple]:
+    """Call the answer ``times`` times on the same leaves (a ``.backward()`` would accumulate into ``mu.grad``),
+    before anything expected is computed; return ``[(output, samples), ...]``. ``pathwise``: fail with the
+    detached-sample mistake when ``f`` only ever saw samples without a graph."""
+    mu, ls = trial.leaves()
+    out = []
+    for _ in range(times):
+        f = Recorder(trial.f, name="f")
+        try:
+            got = call(fn, f, mu, ls, trial.n)
+        except CheckFailure:
+            if pathwise and _detached(f):
+                raise Mistake(*DETACHED) from None
+            raise
+        if pathwise and _detached(f):
+            raise Mistake(*(SCORE_INSTEAD if _is_score(got, f, trial) else DETACHED))
+        out.append((_as_returned(got), f))
+    return [(got, _samples(f, trial.n)) for got, f in out]
+
+
+def _as_returned(got):
+    """The answer's output as it was when returned: a later call may change a returned ``mu.grad`` in place."""
     if isinstance(got, torch.Tensor):
-        raise CheckFailure(f"expected a tuple {what}, got a single tensor of shape {list(got.shape)}: return both "
-                           "gradients, in this order")
-    if isinstance(got, E.GradientEstimate):
-        raise CheckFailure(f"expected a tuple {what} of tensors, got a coursepkg GradientEstimate")
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        kind = type(got).__name__ + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
-        raise CheckFailure(f"expected a tuple {what}, got a {kind}")
+        return got.detach().clone()
+    if type(got) in (tuple, list):
+        return type(got)(_as_returned(g) for g in got)
     return got
 
 
-def _shape_hint(got, trial: Trial, what: str) -> None:
-    n, D = trial.n, trial.D
-    if isinstance(got, torch.Tensor) and tuple(got.shape) != (D,):
-        if tuple(got.shape) == (n, D):
-            raise CheckFailure(f"{what} has shape [{n}, {D}]: these are per-sample gradients; average them over the "
-                               "samples (.mean(0)) to get one (D,) estimate")
-        if got.numel() == 1 and D > 1:
-            raise CheckFailure(f"{what} has shape {list(got.shape)}, expected [{D}]: one value per coordinate of mu; "
-                               "average over the samples (dim 0) only")
+def _fresh(calls) -> None:
+    """Fail unless the second call drew other samples than the first (unrecorded: gave another estimate)."""
+    (got, z), (got2, z2) = calls
+    if z is None or z2 is None:
+        z, z2 = (torch.cat([t.detach().reshape(-1) for t in _pair(g)]) for g in (got, got2))
+    if not fresh(z, z2):
+        raise Mistake(*RANDOM_MESSAGES["same calls"])
 
 
-def _near(value: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> bool:
-    """Whether a mistake's value is too close to the reference to be told apart from it by
-    :func:`coursepkg.grading.compare` (which matches mistakes within ``max(rtol, 1e-4)``, ``max(atol, 1e-6)``):
-    such a mistake is left out, so that a correct answer is never taken for it."""
-    return close(value, ref, 4 * max(rtol, 1e-4), 4 * max(atol, 1e-6), equal_nan=True)
+def _accumulated(ref, trial: Trial, z2, terms_fn):
+    """The mistake of a second call that returns the sum of both calls' estimates."""
+    if ref is None or z2 is None:
+        return []
+    ref2 = _mean(terms_fn(trial, z2))
+    return [("gradients accumulated over calls (in mu.grad and log_sigma.grad)",
+             ".backward() adds to the .grad of the leaves, so a second call returns the sum of both calls' gradients: "
+             "use torch.autograd.grad(loss, (mu, log_sigma)), which returns them without storing them",
+             ref[0] + ref2[0], ref[1] + ref2[1])]
 
 
-def _compare_pair(got, trial: Trial, ref_mu, ref_ls, terms_scale, mistakes_mu, mistakes_ls) -> tuple:
-    """Compare ``got = (grad_mu, grad_log_sigma)`` with the float64 references, in the answer's dtype."""
-    g_mu, g_ls = _unpack(got)
-    like = dict(dtype=trial.dtype, device=trial.device)
-    tol = trial.tol()
-    out = []
-    for name, g, ref, scale, mistakes in (("grad_mu", g_mu, ref_mu, terms_scale[0], mistakes_mu),
-                                          ("grad_log_sigma", g_ls, ref_ls, terms_scale[1], mistakes_ls)):
-        _shape_hint(g, trial, name)
-        if isinstance(g, torch.Tensor) and g.is_floating_point():
-            g = g.detach()
-        atol = tol * scale + 1e-12
-        ref_t = ref.to(**like)
-        mist = [(nm, h, v.to(**like)) for nm, h, v in mistakes if v is not None and not _near(v, ref, tol, atol)]
-        compare(g, ref_t, what=name, inputs=trial.inputs, rtol=tol, atol=atol, mistakes=mist)
-        out.append(g)
-    return tuple(out)
-
-
-def _ztest(grads, trial: Trial, terms_fn) -> None:
-    """Fail unless both estimates lie within ``N_SIGMA`` standard errors of the exact gradient. The standard
-    error is the reference estimator's, from many fresh samples (the answer's own n samples would
-    underestimate it when the per-sample terms are heavy-tailed); skipped below ``ZTEST_MIN_N`` samples, where
-    the estimate is far from normal (the comparison on the answer's own samples still runs)."""
-    if trial.n < ZTEST_MIN_N:
-        return
-    exact = trial.f.exact(trial.mu64, trial.sigma64)
-    se = _reference_se(trial, terms_fn)
-    for name, g, ex, s in zip(("grad_mu", "grad_log_sigma"), grads, exact, se, strict=True):
-        err = (g.double().cpu() - ex).abs()
-        slack = N_SIGMA * s + 1e-6 * (1 + ex.abs())
-        if bool((err > slack).any()):
-            k = (err / s.clamp_min(1e-300)).max().item()
-            raise CheckFailure(f"{name} is {k:.1f} standard errors away from the exact gradient of E[f] (for inputs "
-                               f"{trial.inputs}): the estimator is biased")
-
-
-def _reference_se(trial: Trial, terms_fn, m: int = 20_000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standard errors of the estimate from ``trial.n`` samples, from ``m`` fresh reference samples."""
-    gen = torch.Generator().manual_seed(4_000 + trial.D)
-    z = trial.mu64 + trial.sigma64 * torch.randn(m, trial.D, generator=gen, dtype=F64)
-    t_mu, t_ls = terms_fn(trial, z)
-    return t_mu.std(0) / math.sqrt(trial.n), t_ls.std(0) / math.sqrt(trial.n)
-
-
-def _fallback(got, trial: Trial, terms_fn) -> None:
-    """Answers that evaluated f inside torch.func: structure, then the z-test only."""
-    g_mu, g_ls = _unpack(got)
-    zero = torch.zeros(trial.D, dtype=trial.dtype, device=trial.device)
-    for name, g in (("grad_mu", g_mu), ("grad_log_sigma", g_ls)):
-        _shape_hint(g, trial, name)
-        if isinstance(g, torch.Tensor) and g.is_floating_point():
-            g = g.detach()
-        compare(g, zero, what=name, inputs=trial.inputs, rtol=0.0, atol=math.inf)  # type, shape, dtype, finite
-    _ztest((g_mu.detach(), g_ls.detach()), trial, terms_fn)
-
-
-# --------------------------------------------------------------------------------------------------
-# per-sample terms of the estimators (float64): the estimate is their mean
-# --------------------------------------------------------------------------------------------------
-def _score(trial: Trial, z: torch.Tensor):
-    """The scores ``d/dmu log q(z)`` and ``d/dlog_sigma log q(z)``, ``(n, D)`` each."""
-    u = (z - trial.mu64) / trial.sigma64
-    return u / trial.sigma64, u**2 - 1
-
-
-def _score_terms(trial: Trial, z: torch.Tensor):
-    fz = trial.f.value64(z)[:, None]
-    s_mu, s_ls = _score(trial, z)
-    return fz * s_mu, fz * s_ls
-
-
-def _path_terms(trial: Trial, z: torch.Tensor):
-    df = trial.f.grad64(z)
-    return df, df * (z - trial.mu64)
-
-
-def _loo_baseline(fz: torch.Tensor) -> torch.Tensor:
-    n = fz.shape[0]
-    return (fz.sum() - fz) / (n - 1)
-
-
-def _baseline_terms(trial: Trial, z: torch.Tensor):
-    fz = trial.f.value64(z)
-    w = (fz - _loo_baseline(fz))[:, None]
-    s_mu, s_ls = _score(trial, z)
-    return w * s_mu, w * s_ls
-
-
-def _scale(terms) -> tuple[float, float]:
-    return tuple(float(t.abs().mean()) for t in terms)
-
-
-def _mean(terms):
-    return tuple(t.mean(0) for t in terms)
+def _estimator_check(answer, *, seed: int, shapes, step: bool, terms_fn, mistakes_fn, pathwise: bool = False) -> str:
+    """The check of a gradient estimator: see the module's docstring."""
+    fn = require_callable(answer)
+    trials = [Trial(case, n, D, step=step and i % 2 == 0) for case in random_cases(seed)
+              for i, (n, D) in enumerate(shapes)]
+    recorded = ztested = 0
+    for k, trial in enumerate(trials):
+        torch.manual_seed(seed + k)                   # the same answer always gets the same verdict
+        calls = _calls(fn, trial, 2 if k == 0 else 1, pathwise)
+        got, z = calls[0]
+        ref = _judge(got, z, trial, terms_fn, mistakes_fn)
+        recorded += z is not None
+        ztested += _ztest(_pair(got), trial, terms_fn)
+        if k == 0:                                    # the second call, then: are the two calls' draws fresh?
+            got2, z2 = calls[1]
+            _judge(got2, z2, trial, terms_fn, mistakes_fn, extra=_accumulated(ref, trial, z2, terms_fn))
+            _fresh(calls)
+    n = len(trials)
+    on = f"on {n} random Gaussians" if recorded == n else f"on {recorded} of {n} random Gaussians"
+    own = (f"its samples look like independent draws of N(mu, sigma^2), fresh at every call, and it matches the "
+           f"estimator on those samples, {on}" if recorded else
+           f"fresh at every call, on {n} random Gaussians (f ran inside torch.func, so its samples were not tested)")
+    return (f"{own}; within {N_SIGMA:g} standard errors of the exact gradient on the {ztested} with n_samples >= "
+            f"{ZTEST_MIN_N}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,7 +408,7 @@ SCORE_HINT = ("the score of the diagonal Gaussian is d/dmu log q(z) = (z - mu) /
 
 
 def _score_mistakes(trial: Trial, z: torch.Tensor):
-    """(name, hint, value for grad_mu or None, value for grad_log_sigma or None)."""
+    """``(name, hint, value for grad_mu or None, value for grad_log_sigma or None)``."""
     mu, sigma, n = trial.mu64, trial.sigma64, trial.n
     fz = trial.f.value64(z)[:, None]
     u = (z - mu) / sigma
@@ -414,7 +417,6 @@ def _score_mistakes(trial: Trial, z: torch.Tensor):
     p_joint = log_q.sum(1, keepdim=True).exp()                       # q(z), (n, 1)
     p_coord = log_q.exp()                                             # q_d(z_d), (n, D)
     ref = _mean(_score_terms(trial, z))
-    path = _mean(_path_terms(trial, z))
     missing_log = ("the log is missing in the score: grad q(z) instead of grad log q(z)",
                    "the log-derivative trick differentiates log q: grad q = q * grad log q, and the factor q(z) "
                    f"is already in the expectation; {SCORE_HINT}")
@@ -427,7 +429,7 @@ def _score_mistakes(trial: Trial, z: torch.Tensor):
         ("the score's sign is flipped", f"{SCORE_HINT}: (z - mu), not (mu - z)", -ref[0], -ref[1]),
         ("f differentiated: that is the pathwise (reparameterization) estimator",
          "the score-function estimator never differentiates f (it may not even be differentiable): "
-         f"average f(z) times the score of q; {SCORE_HINT}", *path),
+         f"average f(z) times the score of q; {SCORE_HINT}", *_mean(_path_terms(trial, z))),
         ("the score computed through a sample that is not detached",
          "if you differentiate log_prob with autograd, the sample must be a constant: use z.detach() (or "
          "torch.no_grad() when sampling); through z = mu + sigma * eps, log q(z) no longer depends on mu",
@@ -446,37 +448,10 @@ def _score_mistakes(trial: Trial, z: torch.Tensor):
     ]
 
 
-def _split(mistakes):
-    return ([(n, h, m) for n, h, m, _ in mistakes if m is not None],
-            [(n, h, s) for n, h, _, s in mistakes if s is not None])
-
-
-def _check_score_estimator(answer, seed: int, shapes, terms_fn, mistakes_fn) -> str:
-    """The check of a score-function estimator (with or without a baseline): on each trial, the answer's
-    own samples are recorded, its result is compared with ``terms_fn`` on exactly those samples (naming
-    the ``mistakes_fn`` it matches), the samples' distribution is tested, and the estimate is z-tested
-    against the exact gradient. Answers whose samples cannot be recorded get the z-test alone."""
-    fn = require_callable(answer)
-    trials = _trials(100 * seed, shapes, step_first=True)
-    for trial in trials:
-        torch.manual_seed(seed + trial.n + trial.D)
-        mu, ls = trial.leaves()
-        got = call(fn, trial.f, mu, ls, trial.n)
-        z = _recorded_samples(trial.f, trial.n)
-        if z is None:
-            _fallback(got, trial, terms_fn)
-            continue
-        _check_samples(z, trial)
-        terms = terms_fn(trial, z)
-        grads = _compare_pair(got, trial, *_mean(terms), _scale(terms), *_split(mistakes_fn(trial, z)))
-        _ztest(grads, trial, terms_fn)
-    return (f"matches the estimator on its own samples, and the exact gradient within {N_SIGMA:g} standard "
-            f"errors, on {len(trials)} random Gaussians")
-
-
-@register("04.score_function", "the score-function (REINFORCE) estimator")
+@register("04.score_function", "the score-function (REINFORCE) estimator", solution=_score_solution)
 def check_score_function(answer):
-    return _check_score_estimator(answer, 41, SHAPES, _score_terms, _score_mistakes)
+    return _estimator_check(answer, seed=4100, shapes=SHAPES, step=True, terms_fn=_score_terms,
+                            mistakes_fn=_score_mistakes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,11 +464,9 @@ SCORE_INSTEAD = ("that is the score-function estimator", f"this exercise asks fo
 
 
 def _path_mistakes(trial: Trial, z: torch.Tensor):
-    n = trial.n
-    df = trial.f.grad64(z)
+    n, df = trial.n, trial.f.grad64(z)
     eps = (z - trial.mu64) / trial.sigma64
     ref = _mean(_path_terms(trial, z))
-    score = _mean(_score_terms(trial, z))
     return [
         ("summed over the samples instead of averaged", "the estimate is the gradient of the mean "
          "f(z).mean(), not of f(z).sum() (that is n_samples times larger)", n * ref[0], n * ref[1]),
@@ -501,70 +474,30 @@ def _path_mistakes(trial: Trial, z: torch.Tensor):
          "exp(log_sigma): dz/dlog_sigma = sigma * eps; differentiate with respect to log_sigma itself",
          None, (df * eps).mean(0)),
         ("grad_mu and grad_log_sigma swapped", "return (grad_mu, grad_log_sigma), in this order", ref[1], ref[0]),
-        (*SCORE_INSTEAD, *score),
+        (*SCORE_INSTEAD, *_mean(_score_terms(trial, z))),
     ]
 
 
-def _detached(f: Objective) -> bool:
-    return bool(f.calls) and not f.wrapped and not any(flag for _, flag in f.calls)
+def _detached(f: Recorder) -> bool:
+    """Whether ``f`` was called, outside ``torch.func``, only on samples that did not require grad."""
+    return bool(f.calls) and not f.wrapped and not any(c.requires_grad[:1] == (True,) for c in f.calls)
 
 
-def _run_path(fn, trial: Trial, mu, ls):
-    """Call the answer; fail with the detached-sample mistake when f only ever saw samples without a graph
-    (unless the answer is the score-function estimator, which draws them that way on purpose)."""
-    trial.f.reset()
+def _is_score(got, f: Recorder, trial: Trial) -> bool:
+    """Whether a detached answer to the pathwise exercise is the score-function estimator on its samples."""
     try:
-        got = call(fn, trial.f, mu, ls, trial.n)
+        z = _samples(f, trial.n)
+        terms = _score_terms(trial, z)
+        return all(close(g, t.mean(0), 1e-4, 1e-4 * t.abs().mean().item()) for g, t in zip(_pair(got), terms,
+                                                                                           strict=True))
     except CheckFailure:
-        if _detached(trial.f):
-            raise Mistake(*DETACHED) from None
-        raise
-    if _detached(trial.f):
-        try:
-            z = _recorded_samples(trial.f, trial.n)
-            g_mu, g_ls = _unpack(got)
-            terms = _score_terms(trial, z)
-            tol = max(trial.tol(), 1e-4)
-            is_score = all(close(g, t.mean(0), tol, tol * sc) for g, t, sc in zip((g_mu, g_ls), terms, _scale(terms),
-                                                                                  strict=True))
-        except CheckFailure:
-            is_score = False
-        raise Mistake(*(SCORE_INSTEAD if is_score else DETACHED))
-    return got
+        return False
 
 
-@register("04.reparam", "the pathwise (reparameterization) estimator")
+@register("04.reparam", "the pathwise (reparameterization) estimator", solution=_reparam_solution)
 def check_reparam(answer):
-    fn = require_callable(answer)
-    trials = _trials(4200, SHAPES)
-    for i, trial in enumerate(trials):
-        torch.manual_seed(42 + trial.n + trial.D)
-        mu, ls = trial.leaves()
-        got = _run_path(fn, trial, mu, ls)
-        z = _recorded_samples(trial.f, trial.n)
-        if z is None:
-            _fallback(got, trial, _path_terms)
-            continue
-        _check_samples(z, trial)
-        terms = _path_terms(trial, z)
-        ref = _mean(terms)
-        mistakes = _split(_path_mistakes(trial, z))
-        grads = _compare_pair(got, trial, *ref, _scale(terms), *mistakes)
-        _ztest(grads, trial, _path_terms)
-        if i == 0:  # a second call on the same parameters: .backward() would accumulate into mu.grad
-            got2 = _run_path(fn, trial, mu, ls)
-            z2 = _recorded_samples(trial.f, trial.n)
-            if z2 is not None:
-                terms2 = _path_terms(trial, z2)
-                ref2 = _mean(terms2)
-                accumulated = ("gradients accumulated over calls (in mu.grad and log_sigma.grad)",
-                               ".backward() adds to the .grad of the leaves, so a second call returns the sum of "
-                               "both calls' gradients: use torch.autograd.grad(loss, (mu, log_sigma)), which returns "
-                               "them without storing them")
-                mist = [(accumulated[0], accumulated[1], ref[k] + ref2[k]) for k in range(2)]
-                _compare_pair(got2, trial, *ref2, _scale(terms2), [mist[0]], [mist[1]])
-    return (f"matches the estimator on its own samples, and the exact gradient within {N_SIGMA:g} standard "
-            f"errors, on {len(trials)} random Gaussians")
+    return _estimator_check(answer, seed=4200, shapes=SHAPES, step=False, terms_fn=_path_terms,
+                            mistakes_fn=_path_mistakes, pathwise=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -573,8 +506,7 @@ BASELINE_HINT = ("the leave-one-out baseline of sample i is the mean of the othe
 
 
 def _baseline_mistakes(trial: Trial, z: torch.Tensor):
-    n = trial.n
-    fz = trial.f.value64(z)
+    n, fz = trial.n, trial.f.value64(z)
     s_mu, s_ls = _score(trial, z)
     b = _loo_baseline(fz)
 
@@ -601,106 +533,87 @@ def _baseline_mistakes(trial: Trial, z: torch.Tensor):
     ]
 
 
-@register("04.baseline", "the score-function estimator with a leave-one-out baseline")
+@register("04.baseline", "the score-function estimator with a leave-one-out baseline", solution=_baseline_solution)
 def check_baseline(answer):
-    return _check_score_estimator(answer, 43, BASELINE_SHAPES, _baseline_terms, _baseline_mistakes)
+    return _estimator_check(answer, seed=4300, shapes=BASELINE_SHAPES, step=True, terms_fn=_baseline_terms,
+                            mistakes_fn=_baseline_mistakes)
 
 
 # --------------------------------------------------------------------------------------------------
-class RecordingEstimator:
-    """An estimator ``(f, mu, log_sigma, n_samples) -> (grad_mu, grad_log_sigma)`` for the variance check:
-    the reference score-function or pathwise estimator on the trial's Gaussian (closed-form per-sample
-    terms), or a synthetic one; it records every gradient it returns and every argument it receives."""
+VARIANCE_SPECS = [(50, 3, 40, "score"), (20, 2, 25, "pathwise"), (10, 4, 30, "synthetic")]  # (n, D, n_repeats, kind)
 
-    def __init__(self, kind: str, trial: Trial):
-        self.kind, self.trial = kind, trial
-        self.outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.bad_args: str | None = None
 
-    def __repr__(self) -> str:
-        return f"<the check's {self.kind} estimator>"
+def _variance_solution(estimator, f, mu, log_sigma, n_samples, n_repeats):
+    grads = torch.stack([estimator(f, mu, log_sigma, n_samples)[0] for _ in range(n_repeats)])
+    return grads.var(dim=0)
 
-    def _bind(self, args, kwargs):
-        names = ("f", "mu", "log_sigma", "n_samples")
-        if len(args) > 4 or set(kwargs) - set(names):
-            raise TypeError(f"the estimator takes (f, mu, log_sigma, n_samples), got {len(args)} positional "
-                            f"arguments and {sorted(kwargs)}")
-        bound = dict(zip(names, args, strict=False))
-        for k, v in kwargs.items():
-            if k in bound:
-                raise TypeError(f"the estimator got two values for {k!r}")
-            bound[k] = v
-        missing = [k for k in names if k not in bound]
-        if missing:
-            raise TypeError(f"the estimator takes (f, mu, log_sigma, n_samples); missing {', '.join(missing)}")
-        return bound
 
-    def __call__(self, *args, **kwargs):
-        t = self.trial
-        a = self._bind(args, kwargs)
-        if a["f"] is not t.f:
-            self.bad_args = "call the estimator with the f you were given"
-        elif not (isinstance(a["mu"], torch.Tensor) and close(a["mu"], t.mu64.to(t.dtype), 0, 0)):
-            self.bad_args = "call the estimator with the mu you were given"
-        elif not (isinstance(a["log_sigma"], torch.Tensor) and close(a["log_sigma"], t.ls64.to(t.dtype), 0, 0)):
-            self.bad_args = "call the estimator with the log_sigma you were given (in that position)"
-        elif a["n_samples"] != t.n:
-            self.bad_args = (f"the estimator was called with n_samples = {a['n_samples']!r}, not the n_samples = {t.n} "
-                             "you were given")
-        if self.kind == "synthetic":
-            g_mu = t.mu64 + t.sigma64 * torch.randn(t.D, dtype=F64)
-            g_ls = 0.5 * torch.randn(t.D, dtype=F64) - 1.0
+def _estimator(trial: Trial, kind: str) -> tuple[Recorder, list]:
+    """The estimator ``(f, mu, log_sigma, n_samples) -> (grad_mu, grad_log_sigma)`` handed to the answer of
+    04.variance, recorded, and the list of the gradients it returned: the score-function or pathwise estimator
+    on the trial's Gaussian (closed-form per-sample terms), or a synthetic one."""
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def estimator(f, mu, log_sigma, n_samples):
+        t = trial
+        if kind == "synthetic":
+            g = (t.mu64 + t.sigma64 * torch.randn(t.D, dtype=F64), 0.5 * torch.randn(t.D, dtype=F64) - 1.0)
         else:
             z = t.mu64 + t.sigma64 * torch.randn(t.n, t.D, dtype=F64)
-            g_mu, g_ls = _mean((_score_terms if self.kind == "score" else _path_terms)(t, z))
-        g_mu, g_ls = g_mu.to(t.dtype), g_ls.to(t.dtype)
-        self.outputs.append((g_mu.clone(), g_ls.clone()))
-        return g_mu.to(t.device), g_ls.to(t.device)
+            g = _mean((_score_terms if kind == "score" else _path_terms)(t, z))
+        g = tuple(x.to(t.case.dtype) for x in g)
+        outputs.append(g)
+        return tuple(x.to(t.case.device) for x in g)
+
+    return Recorder(estimator, name=f"the check's {kind} estimator"), outputs
 
 
-VARIANCE_SHAPES = [(50, 3, 40, "score"), (20, 2, 25, "pathwise"), (10, 4, 30, "synthetic")]  # (n, D, n_repeats, kind)
+def _misused(est: Recorder, trial: Trial) -> str | None:
+    """What is wrong with the arguments the answer called the estimator with, or None."""
+    for c in est.calls:
+        a = inspect.signature(est.target).bind(*c.args, **c.kwargs).arguments
+        if a["f"] is not trial.f:
+            return "call the estimator with the f you were given"
+        if not (isinstance(a["mu"], torch.Tensor) and close(a["mu"], trial.mu, 0, 0)):
+            return "call the estimator with the mu you were given"
+        if not (isinstance(a["log_sigma"], torch.Tensor) and close(a["log_sigma"], trial.ls, 0, 0)):
+            return "call the estimator with the log_sigma you were given (in that position)"
+        if a["n_samples"] != trial.n:
+            return (f"the estimator was called with n_samples = {a['n_samples']!r}, not the n_samples = {trial.n} "
+                    "you were given")
+    return None
 
 
-@register("04.variance", "the variance of an estimator over repeated runs")
+@register("04.variance", "the variance of an estimator over repeated runs", solution=_variance_solution)
 def check_variance(answer):
     fn = require_callable(answer)
     n_trials = 0
     for case in random_cases(4400):
-        for n, D, n_repeats, kind in VARIANCE_SHAPES:
+        for n, D, n_repeats, kind in VARIANCE_SPECS:
             n_trials += 1
             trial = Trial(case, n, D, step=False)
             torch.manual_seed(44 + n + D)
-            est = RecordingEstimator(kind, trial)
+            est, outputs = _estimator(trial, kind)
             mu, ls = trial.leaves()
-            inputs = describe_inputs(mu=trial._mu, n_samples=n, n_repeats=n_repeats)
             got = call(fn, est, trial.f, mu, ls, n, n_repeats)
-            if est.bad_args:
-                raise CheckFailure(est.bad_args)
-            k = len(est.outputs)
-            if k == 0:
+            misuse = _misused(est, trial)
+            if misuse:
+                raise CheckFailure(misuse)
+            if not outputs:
                 raise CheckFailure("your function never called the estimator: call estimator(f, mu, log_sigma, "
                                    "n_samples) n_repeats times")
-            if k != n_repeats:
-                raise CheckFailure(f"the estimator was called {k} times, expected n_repeats = {n_repeats}: one call "
-                                   "per repeat")
-            g_mu = torch.stack([o[0] for o in est.outputs]).to(F64)           # (n_repeats, D)
-            g_ls = torch.stack([o[1] for o in est.outputs]).to(F64)
+            if len(outputs) != n_repeats:
+                raise CheckFailure(f"the estimator was called {len(outputs)} times, expected n_repeats = {n_repeats}: "
+                                   "one call per repeat")
+            g_mu, g_ls = (torch.stack([o[j] for o in outputs]).to(F64) for j in (0, 1))     # (n_repeats, D)
             if bool((g_mu == g_mu[0]).all()):  # never for the check's estimators, unless the answer reseeds
                 raise Mistake("every repeat gave the same gradient", "do not reseed the generator inside the loop "
                               "(torch.manual_seed): the repeats must be independent runs")
-            ref = g_mu.var(0)
-            tol = 1e-4 if trial.dtype == torch.float32 else 1e-9
-            atol = tol * float(ref.abs().mean()) + 1e-12
-            if isinstance(got, torch.Tensor) and got.is_floating_point():
-                got = got.detach()
-                if got.shape == ref.shape and close(got, g_mu.var(0, correction=0), tol, atol):
-                    continue  # the biased variance (divided by n_repeats) is fine too
-                if tuple(got.shape) == (n_repeats,) and n_repeats != D:
-                    raise CheckFailure(f"the variance has shape [{n_repeats}] (one value per repeat), expected [{D}]: "
-                                       "take the variance over the repeats (dim=0), one value per coordinate of mu")
-                if tuple(got.shape) == (n_repeats, D):
-                    raise CheckFailure(f"the result has shape [{n_repeats}, {D}], the stacked gradients: return their "
-                                       "variance over the repeats, .var(dim=0)")
+            rtol = tolerance(case.dtype)[0]
+            ref, biased = g_mu.var(0), g_mu.var(0, correction=0)
+            atol = rtol * ref.abs().mean().item() + 1e-12
+            if isinstance(got, torch.Tensor) and close(got, biased, rtol, atol):
+                ref = biased                                # the biased variance (divided by n_repeats) is fine too
             mistakes = [
                 ("the standard deviation instead of the variance", "return the variance (no square root)", ref.sqrt()),
                 ("the variance of the mean over the repeats (divided by n_repeats)", "the quantity asked for is the "
@@ -719,114 +632,107 @@ def check_variance(answer):
                 ("the second moment E[g^2] instead of the variance", "subtract the mean before squaring (or use "
                  ".var(dim=0))", (g_mu**2).mean(0)),
             ]
-            like = dict(dtype=trial.dtype, device=trial.device)
-            compare(got, ref.to(**like), what="the variance", inputs=inputs, rtol=tol, atol=atol,
-                    mistakes=[(nm, h, v.to(**like)) for nm, h, v in mistakes if not _near(v, ref, tol, atol)])
-    return f"matches the variance of the recorded gradients on {n_trials} runs (score-function, pathwise, synthetic)"
+            expected = ref.to(**case.like)
+            compare(got.detach() if isinstance(got, torch.Tensor) else got, expected, what="the variance",
+                    inputs=describe_inputs(mu=trial.mu, n_samples=n, n_repeats=n_repeats), rtol=rtol, atol=atol,
+                    mistakes=distinct([(m, h, v.to(**case.like)) for m, h, v in mistakes], expected, rtol, atol),
+                    shape_hints=[((n_repeats,), "one value per repeat: take the variance over the repeats (dim=0), "
+                                  "one value per coordinate of mu"),
+                                 ((n_repeats, D), "the stacked gradients: return their variance over the repeats, "
+                                  ".var(dim=0)")])
+    return (f"matches the variance of the gradients it was given on {n_trials} runs (score-function, pathwise and "
+            "synthetic estimators)")
 
 
 # --------------------------------------------------------------------------------------------------
 GUMBEL_SHAPES = [((6, 5), 0.5), ((4,), 1.0), ((3, 2, 7), 2.0), ((10, 3), 0.3)]
 GUMBEL_HINT = "y = softmax((logits + g) / tau, dim=-1), with the Gumbel noise g = -log(-log(u))"
+NO_GRADIENT = ("no gradient flows through the hard sample: the straight-through trick is missing",
+               "one_hot(argmax) has no gradient; return y_hard - y.detach() + y, whose forward value is y_hard and "
+               "whose gradient is that of the soft y")
+WRONG_SIGN = ("the straight-through gradient has the wrong sign", "y_hard - y.detach() + y: the soft y enters with a "
+              "plus sign (its gradient passes through unchanged)")
 
 
-def _uniform(shape, dtype, seed: int) -> torch.Tensor:
-    """The noise ``torch.rand(shape, generator=Generator().manual_seed(seed))``, the draw that
-    :func:`coursepkg.estimators.gumbel_softmax` makes with that generator; strictly inside (0, 1)."""
-    while True:
-        u = torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
-        if bool((u > 0).all()):
-            return u
-        seed += 1_000_003  # pragma: no cover - a zero is drawn with probability ~1e-7
+def _gumbel(logits, tau, u, hard=False):
+    """:func:`coursepkg.estimators.gumbel_softmax` with the noise ``u`` given (the package draws its own from a
+    generator; ``tests/test_checks_ch04.py`` verifies that the two agree)."""
+    y = torch.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
+    return E.straight_through(F.one_hot(y.argmax(-1), y.shape[-1]), y) if hard else y
 
 
-def _reference_gumbel(logits, tau, seed, hard):
-    """The reference on the CPU: :func:`coursepkg.estimators.gumbel_softmax` with the generator that draws u."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return E.gumbel_softmax(logits, tau, hard=hard, generator=torch.Generator().manual_seed(seed))
+def _gumbel_inputs(case: Case, spec) -> dict:
+    shape, tau, hard = spec
+    # u strictly inside (0, 1) in every dtype: -log(-log(u)) is finite
+    return {"logits": case.randn(*shape, scale=1.5), "tau": tau, "u": case.rand(*shape, low=1e-6, high=1 - 1e-6),
+            "hard": hard}
 
 
-@register("04.gumbel_softmax", "the Gumbel-softmax relaxation (and its straight-through hard version)")
-def check_gumbel_softmax(answer):
-    fn = require_callable(answer)
-    n_trials = 0
-    for case in random_cases(4500):
-        g = case["gen"]
-        dtype, device = case["dtype"], case["device"]
-        like = dict(dtype=dtype, device=device)
-        tol = (1e-4, 1e-6) if dtype == torch.float32 else (1e-9, 1e-12)
-        for shape, tau in GUMBEL_SHAPES:
-            n_trials += 1
-            seed = int(torch.randint(0, 2**31 - 1, (), generator=g))
-            logits0 = (1.5 * torch.randn(shape, generator=g, dtype=F64)).to(dtype)
-            u0 = _uniform(shape, dtype, seed)
-            w = torch.randn(shape, generator=g, dtype=F64).to(dtype)         # weights of a test loss (y * w).sum()
-            inputs = describe_inputs(logits=logits0, tau=tau)
+def _slip(name: str, hint: str, y, hard: bool = False) -> Slip:
+    """A slip of the soft (or, ``hard=True``, of the hard) sample: ``y(logits, tau, g, u)``, g the Gumbel noise."""
+    def value(logits, tau, u, hard=False, _for=hard):
+        return y(logits, tau, -torch.log(-torch.log(u)), u) if hard == _for else None
+    return Slip(name, hint, value)
 
-            # the relaxed sample, hard=False
-            ref = _reference_gumbel(logits0, tau, seed, hard=False)
-            l64, u64 = logits0.to(F64), u0.to(F64)
-            gumbel = -torch.log(-torch.log(u64))
 
-            def sm(x, dim=-1):
-                return torch.softmax(x, dim)
+def _softmax(x, dim=-1):
+    return torch.softmax(x, dim)
 
-            soft_mistakes = [
-                ("Gumbel noise computed as -log(u) (that is exponential noise: a log is missing)",
-                 GUMBEL_HINT, sm((l64 - torch.log(u64)) / tau)),
-                ("Gumbel noise computed as +log(u)", GUMBEL_HINT, sm((l64 + torch.log(u64)) / tau)),
-                ("log(-log u) added instead of subtracted (the noise's sign is flipped)", GUMBEL_HINT,
-                 sm((l64 + torch.log(-torch.log(u64))) / tau)),
-                ("tau multiplies instead of divides", f"{GUMBEL_HINT}: a small tau sharpens the softmax",
-                 sm((l64 + gumbel) * tau)),
-                ("the temperature tau forgotten", GUMBEL_HINT, sm(l64 + gumbel)),
-                ("only the logits divided by tau, not the noise", GUMBEL_HINT, sm(l64 / tau + gumbel)),
-                ("the noise forgotten: softmax(logits / tau) is deterministic", f"{GUMBEL_HINT}: the noise makes y a "
-                 "random sample", sm(l64 / tau)),
-                ("log_softmax instead of softmax", f"{GUMBEL_HINT}: y is a point of the simplex (entries >= 0, "
-                 "summing to 1)", torch.log_softmax((l64 + gumbel) / tau, -1)),
-                ("a one-hot vector returned for hard=False", "hard=False returns the relaxed (soft) sample",
-                 torch.nn.functional.one_hot(((l64 + gumbel) / tau).argmax(-1), shape[-1]).to(F64)),
-            ]
-            if len(shape) > 1:
-                soft_mistakes.append(("softmax over the wrong dimension", f"{GUMBEL_HINT}: the K categories are the "
-                                      "last dimension (dim=-1)", sm((l64 + gumbel) / tau, dim=0)))
-            rtol, atol = tol
-            mist = [(nm, h, v.to(**like)) for nm, h, v in soft_mistakes if not _near(v, ref, *tol)]
-            got = call(fn, logits0.to(device).clone().requires_grad_(), tau, u0.to(device).clone(), hard=False)
-            if isinstance(got, torch.Tensor) and got.is_floating_point():
-                got = got.detach()
-            compare(got, ref.to(**like), what="y (hard=False)", inputs=inputs, rtol=rtol, atol=atol, mistakes=mist)
 
-            # hard=True: the one-hot forward value, the gradient of the soft sample
-            ref_hard = _reference_gumbel(logits0, tau, seed, hard=True)
-            leaf = logits0.to(device).clone().requires_grad_()
-            got = call(fn, leaf, tau, u0.to(device).clone(), hard=True)
-            hard_mistakes = [
-                ("hard=True returns the soft sample", "for hard=True the forward value is the one-hot vector of the "
-                 "argmax of y (straight-through: y_hard - y.detach() + y)", ref.to(**like)),
-                ("the argmax of the logits without the noise", "take the argmax of the perturbed logits "
-                 "(logits + g), i.e. of y", torch.nn.functional.one_hot(l64.argmax(-1), shape[-1]).to(**like)),
-            ]
-            compare(got.detach() if isinstance(got, torch.Tensor) and got.is_floating_point() else got,
-                    ref_hard.to(**like), what="y (hard=True)", inputs=inputs, rtol=1e-5, atol=1e-6,
-                    mistakes=[m for m in hard_mistakes if not _near(m[2], ref_hard, 1e-5, 1e-6)])
-            no_grad = ("no gradient flows through the hard sample: the straight-through trick is missing",
-                       "one_hot(argmax) has no gradient; return y_hard - y.detach() + y, whose forward value is "
-                       "y_hard and whose gradient is that of the soft y")
-            if not got.requires_grad:
-                raise Mistake(*no_grad)
+def _one_hot(x):
+    return F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype)
+
+
+def _gumbel_gradients(f) -> None:
+    """The gradient with respect to the logits: the soft sample's, for hard=True too (straight-through)."""
+    for case in random_cases(4600):
+        for (shape, tau), hard in zip(GUMBEL_SHAPES, (True, False, True, True), strict=True):
+            leaf = case.randn(*shape, scale=1.5).requires_grad_()
+            u = case.rand(*shape, low=1e-6, high=1 - 1e-6)
+            what = f"y (hard={hard})"
+            y = f(leaf, tau, u, hard=hard)
+            require_like(y, shape, **case.like, what=what)
+            u64 = u.to(F64).cpu()
             try:
-                (grad,) = torch.autograd.grad((got * w.to(device)).sum(), leaf, allow_unused=True)
-            except RuntimeError as err:
-                raise CheckFailure(f"differentiating y (hard=True) with respect to the logits failed: {err}") from None
-            lr = logits0.clone().requires_grad_()
-            ref_grad = torch.autograd.grad((_reference_gumbel(lr, tau, seed, hard=True) * w).sum(), lr)[0]
-            if grad is None or not bool(grad.abs().gt(0).any()):
-                raise Mistake(*no_grad)
-            compare(grad, ref_grad.to(**like), what="the gradient of (y * w).sum() for hard=True", inputs=inputs,
-                    rtol=1e-4, atol=1e-6, mistakes=[
-                        ("the straight-through gradient has the wrong sign", "y_hard - y.detach() + y: the soft y "
-                         "enters with a plus sign (its gradient passes through unchanged)", -ref_grad.to(**like))])
-    return f"matches coursepkg.estimators.gumbel_softmax (soft and hard, values and gradients) on {n_trials} inputs"
+                compare_gradients(y, {"logits": leaf}, lambda leaves: _gumbel(leaves["logits"], tau, u64, hard),
+                                  what=what, inputs=describe_inputs(logits=leaf, tau=tau),
+                                  detached=NO_GRADIENT if hard else None)
+            except Mistake as m:
+                if hard and m.name == "a flipped sign":
+                    raise Mistake(*WRONG_SIGN) from None
+                if hard and m.name.startswith("no gradient reaches"):
+                    raise Mistake(*NO_GRADIENT) from None
+                raise
+
+
+function_check(
+    "04.gumbel_softmax", "the Gumbel-softmax relaxation (and its straight-through hard version)",
+    solution=_gumbel, inputs=_gumbel_inputs, seed=4500, keywords=["hard"], describe=["logits", "tau", "hard"],
+    specs=[(shape, tau, hard) for shape, tau in GUMBEL_SHAPES for hard in (False, True)], what="y",
+    also=[Also("its gradients (soft, and straight-through for hard=True) on 4 more random inputs per dtype and device", _gumbel_gradients)],
+    mistakes=[
+        _slip("Gumbel noise computed as -log(u) (that is exponential noise: a log is missing)", GUMBEL_HINT,
+              lambda lg, tau, g, u: _softmax((lg - torch.log(u)) / tau)),
+        _slip("Gumbel noise computed as +log(u)", GUMBEL_HINT,
+              lambda lg, tau, g, u: _softmax((lg + torch.log(u)) / tau)),
+        _slip("log(-log u) added instead of subtracted (the noise's sign is flipped)", GUMBEL_HINT,
+              lambda lg, tau, g, u: _softmax((lg - g) / tau)),
+        _slip("tau multiplies instead of divides", f"{GUMBEL_HINT}: a small tau sharpens the softmax",
+              lambda lg, tau, g, u: _softmax((lg + g) * tau)),
+        _slip("the temperature tau forgotten", GUMBEL_HINT, lambda lg, tau, g, u: _softmax(lg + g)),
+        _slip("only the logits divided by tau, not the noise", GUMBEL_HINT,
+              lambda lg, tau, g, u: _softmax(lg / tau + g)),
+        _slip("the noise forgotten: softmax(logits / tau) is deterministic", f"{GUMBEL_HINT}: the noise makes y a "
+              "random sample", lambda lg, tau, g, u: _softmax(lg / tau)),
+        _slip("log_softmax instead of softmax", f"{GUMBEL_HINT}: y is a point of the simplex (entries >= 0, summing "
+              "to 1)", lambda lg, tau, g, u: torch.log_softmax((lg + g) / tau, -1)),
+        _slip("a one-hot vector returned for hard=False", "hard=False returns the relaxed (soft) sample",
+              lambda lg, tau, g, u: _one_hot((lg + g) / tau)),
+        _slip("softmax over the wrong dimension", f"{GUMBEL_HINT}: the K categories are the last dimension (dim=-1)",
+              lambda lg, tau, g, u: _softmax((lg + g) / tau, dim=0) if lg.dim() > 1 else None),
+        _slip("hard=True returns the soft sample", "for hard=True the forward value is the one-hot vector of the "
+              "argmax of y (straight-through: y_hard - y.detach() + y)", lambda lg, tau, g, u: _softmax((lg + g) / tau),
+              hard=True),
+        _slip("the argmax of the logits without the noise", "take the argmax of the perturbed logits (logits + g), "
+              "i.e. of y", lambda lg, tau, g, u: _one_hot(lg), hard=True),
+    ])
