@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_grading.py [--n 40] [--jobs 1 2]
 
 The submissions are made from ``solutions/02_latent_variables_em.ipynb``, as students would hand
-them in: a quarter fully correct, a quarter left blank, and half with every other answer correct
-and the rest wrong (the M-step's covariances divided by N instead of N_k) or blank. The folder is
+them in: a quarter fully correct, a quarter left blank, and half with two answers correct and the
+others blank or wrong (the M-step's covariances divided by N instead of N_k). The folder is
 graded by :func:`coursepkg.instructor.batch.grade_folder` once per ``--jobs`` value; the script
 checks the grades (every correct answer passes, no wrong or blank one does), then prints the wall
 time, the time per submission, and the speed-up over the first ``--jobs`` value.
@@ -38,15 +38,16 @@ def make_submissions(folder: Path, n: int) -> dict[str, dict[str, bool]]:
     expected = {}
     for k in range(n):
         nb = nbformat.read(ROOT / "exercises" / NAME, as_version=4)
-        kind = ("correct", "blank", "mixed", "mixed")[k % 4]
+        # em calls the student's own e_step and m_step, so a mixed submission never has em right
+        right_ones = (ANSWERS, (), ("log_likelihood", "e_step"), ("log_likelihood", "m_step"))[k % 4]
         should = {}
-        for j, name in enumerate(ANSWERS):
+        for name in ANSWERS:
             solved = "\n".join(line for line in _answer_cell(solution, name).source.splitlines()
                                if line.strip() not in (BEGIN, END))
-            right = kind == "correct" or (kind == "mixed" and (j + k) % 2 == 0)
+            right = name in right_ones
             if right:
                 _answer_cell(nb, name).source = solved
-            elif kind == "mixed" and name == "m_step":  # a typical mistake: covariances divided by N, not N_k
+            elif k % 4 == 2 and name == "m_step":  # a typical mistake: covariances divided by N, not N_k
                 wrong = solved.replace("/ nk[:, None, None]", "/ N")
                 if wrong == solved:
                     raise SystemExit("the solution's m_step changed: update the benchmark's mistake")
@@ -74,13 +75,14 @@ def main() -> None:
         first = None
         for jobs in args.jobs:
             report = grade_folder(subs, Path(tmp) / f"grades_{jobs}.csv", jobs=jobs, limits=Limits(timeout=300))
+            first = first or report.seconds
+            print(f"{jobs:>4}  {report.seconds:8.1f}  {report.seconds / args.n:14.2f}  {first / report.seconds:8.2f}",
+                  flush=True)
             got = {(r.submission, r.exercise): r.passed for r in report.rows}
             want = {(s, e): p for s, exercises in expected.items() for e, p in exercises.items()}
             if got != want or report.originals:
                 wrong = sorted(k for k in want if got.get(k) != want[k])
                 raise SystemExit(f"jobs={jobs}: unexpected grades for {wrong[:5]} (originals: {report.originals})")
-            first = first or report.seconds
-            print(f"{jobs:>4}  {report.seconds:8.1f}  {report.seconds / args.n:14.2f}  {first / report.seconds:8.2f}")
 
 
 if __name__ == "__main__":

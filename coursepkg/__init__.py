@@ -1,22 +1,30 @@
 """coursepkg: the companion package of the course "From EM to Diffusion".
 
 Every algorithm the book shows lives here, once; the chapters, the solution notebooks and the
-graders import the same functions. Modules, one per idea:
+graders import the same functions. The package has three halves, visible from the names.
 
-- :mod:`coursepkg.config`      device, profile (quick/full), seeding, the notebook ``setup()`` line
-- :mod:`coursepkg.models`      the models' one vocabulary (Protocols): log_likelihood(x) = log p(x), Sample(x, z)
-- :mod:`coursepkg._validate`   argument checking shared by every module (one error policy, one ``seed=None`` rule)
+The chapters' mathematics, one module per idea (chapters 06-10 add theirs beside them):
+
 - :mod:`coursepkg.probability` chapter 01: log-densities, KL divergences, Monte Carlo, Gaussian identities
 - :mod:`coursepkg.gmm`         chapter 02: Gaussian mixtures, the E and M steps, EM (faster than scikit-learn)
 - :mod:`coursepkg.elbo`        chapter 03: ELBO and IWAE estimators, an exact linear-Gaussian model, amortized inference
 - :mod:`coursepkg.estimators`  chapter 04: score-function and pathwise gradients, Gumbel-softmax, straight-through
-- :mod:`coursepkg.nn`          chapters 05-07: the small networks (MLP, conv encoder and decoder)
-- :mod:`coursepkg.train`       the one training loop: progress bar, history, checkpoint and exact resume
 - :mod:`coursepkg.vae`         chapter 05: the variational autoencoder (loss, sampling, importance-weighted log p(x))
+
+What the chapters share:
+
+- :mod:`coursepkg.models`      the models' one vocabulary (Protocols): log_likelihood(x) = log p(x), Sample(x, z)
+- :mod:`coursepkg.config`      device, profile (quick/full), seeding, the notebook ``setup()`` line
+- :mod:`coursepkg.nn`          the small networks (MLP, conv encoder and decoder, autoregressive decoder)
+- :mod:`coursepkg.train`       the one training loop: progress bar, history, checkpoint and exact resume
 - :mod:`coursepkg.data`        the data sets: 2-D toys, digits, procedural shapes, MNIST files (download on request)
-- :mod:`coursepkg.grading`     ``check(exercise_id, answer)`` and the registry of exercise checks
-- :mod:`coursepkg.notebooks`   the exercise generator and the notebook install cell
-- :mod:`coursepkg.batch`       batch grading of a folder of submissions into a CSV
+- :mod:`coursepkg._validate`   argument checking (one error policy, one ``seed=None`` rule)
+
+The course's machinery:
+
+- :mod:`coursepkg.grading`     ``check(exercise_id, answer)``; the check kit; one checks module per chapter
+- :mod:`coursepkg.instructor`  the exercise generator, the batch grader, parallel chapter execution
+  (``python -m coursepkg`` is their command line)
 """
 
 __version__ = "0.1.0"

@@ -460,7 +460,7 @@ def _frame_reader(n_out):
     ("03.elbo", elbo_same_noise_for_every_point, ["the same noise for every data point"]),
     ("03.elbo", elbo_reseeded, ["the same value at every call", "manual_seed"]),
     ("03.elbo", elbo_uniform_noise, ["uniform noise"]),
-    ("03.elbo", elbo_plug_in_mean, ["standard errors"]),
+    ("03.elbo", elbo_plug_in_mean, ["not random"]),
     ("03.elbo", elbo_std_in_place, ["changed its input `logvar` in place"]),
     ("03.iwae", iwae_same_noise_for_every_point, ["the same noise for every data point"]),
     ("03.posterior_gap", gap_mean_field_posterior, ["differs from the reference"]),

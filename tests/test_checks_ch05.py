@@ -6,6 +6,7 @@ verdict below is reproducible."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -72,8 +73,11 @@ def test_the_loss_check_agrees_with_the_vae_module():
         eps = torch.randn(5, 2, dtype=torch.float64)
         mu, logvar = vae.encode(x)
         x_out = vae.decode(mu + torch.exp(0.5 * logvar) * eps)
-        assert torch.allclose(ref_vae_loss(x, x_out, mu, logvar, likelihood, sigma2),
-                              vae.loss(x, eps=eps)["loss"], rtol=1e-6)  # log sigma2: a float32 buffer
+        expected = vae.loss(x, eps=eps)["loss"]
+        assert torch.allclose(ref_vae_loss(x, x_out, mu, logvar, likelihood, sigma2), expected, rtol=1e-6)
+        right = {aspect: options[0].key for aspect, options in C.LOSS_ASPECTS.items()}   # the check's own reference
+        parts = C._loss_parts(x, x_out.detach(), mu.detach(), logvar.detach(), likelihood, sigma2)
+        assert torch.allclose(C._combine(right, parts), expected.detach(), rtol=1e-6)  # log sigma2: a float32 buffer
 
 
 # ---------------------------------------------------------------------------------- 05.reparameterize
@@ -556,3 +560,224 @@ def test_the_loss_catalogue_names_are_the_hints_words():
         assert options[0].name is None and options[0].key == "ok"
         assert all(o.name and o.hint for o in options[1:])
     assert sum(1 for _ in slip_combinations(C.LOSS_ASPECTS, C.MAX_SLIPS)) < 20_000
+
+
+# ---------------------------------------------------------------------------------------------- hostile answers
+# Wrong answers a student could write that the catalogue does not name, and correct ones written unlike the
+# reference: the first must fail, the second pass.
+def _stack_tensors(skip):
+    """Every tensor in the callers' frames (locals, and one level into lists, tuples and dicts), except ``skip``."""
+    found, frame = [], sys._getframe(2)
+    while frame is not None:
+        for v in list(frame.f_locals.values()):
+            items = list(v.values()) if isinstance(v, dict) else list(v) if isinstance(v, (list, tuple)) else [v]
+            found += [t for t in items if isinstance(t, torch.Tensor) and all(t is not s for s in skip)]
+        frame = frame.f_back
+    return found
+
+
+def reparam_student_t(mu, logvar):                       # heavy-tailed noise, rescaled to variance 1
+    eps = td.StudentT(5.0).sample(mu.shape).to(mu) * math.sqrt(3 / 5)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def reparam_clamped(mu, logvar):                         # "for stability": a clamped log-variance
+    return mu + torch.exp(0.5 * logvar.clamp(-2, 2)) * torch.randn_like(mu)
+
+
+_CACHE = {}
+
+
+def reparam_cached(mu, logvar):                          # the noise drawn once per shape, then reused
+    eps = _CACHE.setdefault(tuple(mu.shape), torch.randn(mu.shape, dtype=torch.float64))
+    return mu + torch.exp(0.5 * logvar) * eps.to(mu)
+
+
+def reparam_antithetic(mu, logvar):                      # variance reduction: rows paired as eps and -eps
+    e = torch.randn((mu.shape[0] + 1) // 2, *mu.shape[1:], dtype=mu.dtype, device=mu.device)
+    return mu + torch.exp(0.5 * logvar) * torch.cat([e, -e])[: mu.shape[0]]
+
+
+def reparam_from_the_stack(mu, logvar):                  # looks for a sample of mu's shape in the check's frames
+    found = [t for t in _stack_tensors([mu, logvar]) if t.shape == mu.shape and not torch.equal(t, mu)]
+    return found[0] if found else mu
+
+
+def reparam_addcmul(mu, logvar):
+    return torch.addcmul(mu, logvar.mul(0.5).exp(), torch.randn_like(mu))
+
+
+def reparam_fills_a_new_tensor(mu, logvar):              # an in-place fill, of a tensor of its own
+    eps = torch.empty_like(mu).normal_()
+    return mu + eps * torch.sqrt(logvar.exp())
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (reparam_student_t, ["does not look like the right distribution", "kurtosis"]),
+    (reparam_clamped, ["does not look like the right distribution"]),
+    (reparam_cached, ["the same noise at every call"]),
+    (reparam_antithetic, ["antithetic"]),
+    (reparam_from_the_stack, ["not random"]),
+], ids=["student_t", "clamped_logvar", "cached_noise", "antithetic", "from_the_stack"])
+def test_reparameterize_hostile_wrong_answers_fail(wrong, words):
+    _fails("05.reparameterize", wrong, *words)
+
+
+def test_reparameterize_hostile_correct_answers_pass():
+    _ok("05.reparameterize", reparam_addcmul)
+    _ok("05.reparameterize", reparam_fills_a_new_tensor)
+
+
+def _recon(x, x_out, likelihood, sigma2):
+    if likelihood == "bernoulli":
+        return F.binary_cross_entropy_with_logits(x_out, x, reduction="none").sum(-1)
+    return ((x - x_out) ** 2).sum(-1) / (2 * sigma2) + x.shape[-1] / 2 * math.log(2 * math.pi * sigma2)
+
+
+def loss_kl_of_swapped_roles(x, x_out, mu, logvar, likelihood, sigma2=1.0):
+    return (_recon(x, x_out, likelihood, sigma2) + 0.5 * (logvar**2 + mu.exp() - 1 - mu).sum(-1)).mean()
+
+
+def loss_always_bernoulli(x, x_out, mu, logvar, likelihood, sigma2=1.0):   # the `likelihood` argument ignored
+    return (_recon(x, x_out, "bernoulli", sigma2) + P.kl_standard_normal(mu, logvar)).mean()
+
+
+def loss_divided_by_the_latent_size(x, x_out, mu, logvar, likelihood, sigma2=1.0):
+    return (_recon(x, x_out, likelihood, sigma2) + P.kl_standard_normal(mu, logvar)).sum() / mu.shape[-1]
+
+
+def loss_constant_of_the_batch_size(x, x_out, mu, logvar, likelihood, sigma2=1.0):   # D taken from x.shape[0]
+    recon = _recon(x, x_out, likelihood, sigma2)
+    if likelihood == "gaussian":
+        recon = recon + (x.shape[0] - x.shape[1]) / 2 * math.log(2 * math.pi * sigma2)
+    return (recon + P.kl_standard_normal(mu, logvar)).mean()
+
+
+FROM_THE_STACK_HITS = []
+
+
+def loss_from_the_stack(x, x_out, mu, logvar, likelihood, sigma2=1.0):
+    """Returns a scalar it finds in the check's frames; records any that is the expected value."""
+    expected = ref_vae_loss(x.detach().clone(), x_out.detach().clone(), mu.detach().clone(), logvar.detach().clone(),
+                            likelihood, sigma2)
+    found = [t for t in _stack_tensors([x, x_out, mu, logvar]) if t.dim() == 0 and t.is_floating_point()]
+    FROM_THE_STACK_HITS.extend(t for t in found if torch.allclose(t.detach().to(expected), expected))
+    return (found[0].detach().to(x) if found else x.sum() * 0) + 0 * (x_out.sum() + mu.sum() + logvar.sum())
+
+
+def loss_gaussian_nll_and_in_place_kl(x, x_out, mu, logvar, likelihood, sigma2=1.0):
+    if likelihood == "bernoulli":
+        recon = (x * F.softplus(-x_out) + (1 - x) * F.softplus(x_out)).sum(-1)
+    else:
+        recon = F.gaussian_nll_loss(x_out, x, torch.full_like(x, sigma2), full=True, reduction="none").sum(-1)
+    kl = mu.pow(2)                                         # a new tensor: changing it in place is fine
+    kl.add_(logvar.exp()).sub_(1).sub_(logvar)
+    return (recon + 0.5 * kl.sum(-1)).mean()
+
+
+@pytest.mark.parametrize("wrong", [loss_kl_of_swapped_roles, loss_always_bernoulli, loss_divided_by_the_latent_size,
+                                   loss_constant_of_the_batch_size, loss_from_the_stack],
+                         ids=["kl_swapped_roles", "always_bernoulli", "latent_size", "constant_of_N", "from_the_stack"])
+def test_vae_loss_hostile_wrong_answers_fail(wrong):
+    FROM_THE_STACK_HITS.clear()
+    r = _fails("05.vae_loss", wrong, "the reference")
+    assert "likely mistake" not in r.message           # no slip of the catalogue explains them
+    assert FROM_THE_STACK_HITS == []                   # the expected loss is never on the stack
+
+
+def test_vae_loss_hostile_correct_answer_passes():
+    _ok("05.vae_loss", loss_gaussian_nll_and_in_place_kl)
+
+
+def sample_prior_truncated(decoder, n, latent_dim, likelihood):          # latents clipped to [-2, 2]
+    return make_sample_prior(draw=lambda n, d, like: torch.randn(n, d, **like).clamp(-2, 2))(
+        decoder, n, latent_dim, likelihood)
+
+
+def sample_prior_own_generator(decoder, n, latent_dim, likelihood):      # a fixed generator of its own
+    g = torch.Generator().manual_seed(42)
+    return make_sample_prior(draw=lambda n, d, like: torch.randn(n, d, generator=g, dtype=like["dtype"]))(
+        decoder, n, latent_dim, likelihood)
+
+
+def sample_prior_sorted(decoder, n, latent_dim, likelihood):             # sorted latents: not independent rows
+    return make_sample_prior(draw=lambda n, d, like: torch.randn(n, d, **like).sort(0).values)(
+        decoder, n, latent_dim, likelihood)
+
+
+def sample_prior_forward_and_mvn(decoder, n, latent_dim, likelihood):
+    p = next(decoder.parameters())
+    prior = td.MultivariateNormal(torch.zeros(latent_dim, dtype=p.dtype, device=p.device),
+                                  torch.eye(latent_dim, dtype=p.dtype, device=p.device))
+    out = decoder.forward(prior.sample((n,)))
+    return F.sigmoid(out) if likelihood == "bernoulli" else out
+
+
+def sample_prior_transposed_noise(decoder, n, latent_dim, likelihood):
+    p = next(decoder.parameters())
+    out = decoder(torch.randn(latent_dim, n, dtype=p.dtype, device=p.device).T.contiguous())
+    return out.sigmoid() if likelihood == "bernoulli" else out
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (sample_prior_truncated, ["do not look like draws of the prior N(0, I)"]),
+    (sample_prior_own_generator, ["the same samples at every call"]),
+    (sample_prior_sorted, ["correlated"]),
+], ids=["truncated", "own_generator", "sorted"])
+def test_sample_prior_hostile_wrong_answers_fail(wrong, words):
+    _fails("05.sample_prior", wrong, *words)
+
+
+def test_sample_prior_hostile_correct_answers_pass():
+    _ok("05.sample_prior", sample_prior_forward_and_mvn)      # decoder.forward(z) is seen too
+    _ok("05.sample_prior", sample_prior_transposed_noise)
+
+
+def iw_plus_log_q(x, encode, log_joint, k):                  # the weight p(x, z) * q(z | x)
+    mu, logvar = encode(x)
+    q = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+    z = q.rsample((k,))
+    return torch.logsumexp(log_joint(x, z) + q.log_prob(z), 0) - math.log(k)
+
+
+def iw_noise_shared_by_the_batch(x, encode, log_joint, k):    # eps of shape (k, 1, Dz): one noise for all points
+    mu, logvar = encode(x)
+    eps = torch.randn(k, 1, mu.shape[1], dtype=mu.dtype, device=mu.device)
+    log_q = -0.5 * (math.log(2 * math.pi) + logvar + eps**2).sum(-1)
+    return torch.logsumexp(log_joint(x, mu + torch.exp(0.5 * logvar) * eps) - log_q, 0) - math.log(k)
+
+
+def iw_changes_the_encoder(x, encode, log_joint, k):
+    out = ref_log_likelihood(x, encode, log_joint, k)
+    with torch.no_grad():
+        encode.c.add_(1.0)
+    return out
+
+
+def iw_from_the_stack(x, encode, log_joint, k):
+    encode(x)
+    found = [t for t in _stack_tensors([x]) if t.shape == x.shape[:1] and t.is_floating_point()]
+    return found[0] if found else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+
+
+def iw_in_place_on_its_own_tensors(x, encode, log_joint, k):
+    mu, logvar = encode(x)
+    q = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+    z = q.rsample((k,))
+    log_w = log_joint(x, z)
+    log_w -= q.log_prob(z)
+    return torch.special.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k), dtype=x.dtype, device=x.device))
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (iw_plus_log_q, ["differs from the mean", "standard errors away"]),
+    (iw_noise_shared_by_the_batch, ["differs from the mean", "standard errors away"]),
+    (iw_changes_the_encoder, ["changed its input `encode` (its c) in place"]),
+    (iw_from_the_stack, ["differs from the mean"]),
+], ids=["plus_log_q", "shared_noise", "changes_the_encoder", "from_the_stack"])
+def test_log_likelihood_hostile_wrong_answers_fail(wrong, words):
+    _fails("05.log_likelihood", wrong, *words)
+
+
+def test_log_likelihood_hostile_correct_answer_passes():
+    _ok("05.log_likelihood", iw_in_place_on_its_own_tensors)

@@ -140,9 +140,6 @@ def test_call_fails_an_answer_that_changes_its_inputs_in_place():
     assert torch.equal(call(lambda t: t * 2, x), x * 2)
     call(lambda t: t + 1, nan)
     call(lambda m: m(torch.randn(4, 2)), lin)
-    # the legacy call (what chapters 02-05 import from core until they are ported) does not look
-    assert core.call is kit.call_without_mutation_test
-    core.call(add, x.clone(), w)
 
 
 def test_compare_names_mistakes_and_generic_slips():
@@ -656,3 +653,18 @@ def test_mirrored_rows_sees_antithetic_noise_and_nothing_else():
     few = torch.randn(1000, 3, generator=_gen(11), dtype=F64)
     few[1] = -few[0]
     assert not kit.mirrored_rows(few)                                      # one pair: could be chance
+
+
+# ---------------------------------------------------------------------------------------------- added by the ch03 port
+def test_require_standard_normal_accepts_normal_noise_and_names_what_is_wrong():
+    u = torch.randn(2000, 4, generator=_gen(30), dtype=F64)
+    kit.require_standard_normal(u)                                                # passes: returns None
+    _fails_with(lambda: kit.require_standard_normal(u[:1].expand(2000, 4)), "the same noise for every row")
+    _fails_with(lambda: kit.require_standard_normal(u[:, :1].expand(2000, 4)), "the same noise for every coordinate")
+    uniform = (torch.rand(2000, 4, generator=_gen(31), dtype=F64) - 0.5) * math.sqrt(12.0)   # mean 0, variance 1
+    _fails_with(lambda: kit.require_standard_normal(uniform), "uniform noise")
+    _fails_with(lambda: kit.require_standard_normal(2 * u, what="the noise of z", inputs="x: shape [3]"),
+                "the noise of z does not look like standard normal draws (for inputs x: shape [3])", "variance")
+    _fails_with(lambda: kit.require_standard_normal(u * float("nan")), "NaN")
+    _fails_with(lambda: kit.require_standard_normal(u[:1].expand(2000, 4), messages={"same rows": ("mine", "hint")}),
+                "likely mistake: mine. Hint: hint")

@@ -89,13 +89,12 @@ _REGISTRY: dict[str, Check] = {}
 _LOADED = False
 
 
-def register(exercise_id: str, title: str = "", *, solution: Any = None) -> Callable:
+def register(exercise_id: str, title: str = "", *, solution: Any) -> Callable:
     """Decorator: register ``func(answer)`` as the check of ``exercise_id`` (``"<chapter>.<name>"``).
 
     ``func`` raises :class:`CheckFailure` (or :class:`Mistake`) to fail, and returns an optional message
     on success. ``solution`` is a correct answer with the exercise's signature (for most checks the
-    reference function); it is required of every check written with the kit. ``None`` is accepted only
-    until the chapters written before the kit are ported (the contract test skips those checks).
+    reference function); the contract test runs it and fails a check registered without one.
     """
     if not isinstance(exercise_id, str) or "." not in exercise_id:
         raise ValueError(f"exercise_id: ids look like '01.name', got {exercise_id!r}")
@@ -206,23 +205,3 @@ def describe_exception(err: BaseException) -> str:
 def _short(err: BaseException, limit: int = 160) -> str:
     text = " ".join(str(err).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------------------------------
-# TEMPORARY: the helpers moved to coursepkg.grading.kit stay importable from here until the checks of
-# chapters 02-05 import them from the kit. ``call`` from here does not test the answer's inputs for
-# in-place changes (those chapters' tests still expect such answers to pass); the kit's ``call`` does.
-# --------------------------------------------------------------------------------------------------
-_MOVED_TO_KIT = ("compare", "require_callable", "require_tensor", "describe_inputs", "random_cases", "close", "fmt")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_KIT:
-        from coursepkg.grading import kit
-
-        return getattr(kit, name)
-    if name == "call":
-        from coursepkg.grading import kit
-
-        return kit.call_without_mutation_test
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

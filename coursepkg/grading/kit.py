@@ -183,17 +183,7 @@ def call(func: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call the student's function with ``args`` and ``kwargs``: whatever it raises (``SystemExit`` and
     ``KeyboardInterrupt`` included) becomes a failure that says so, and so does a change it makes in place
     to a tensor it was given (also inside lists, tuples, dicts and ``nn.Module`` parameters and buffers)."""
-    return _invoke(func, args, kwargs, mutation=True)
-
-
-def call_without_mutation_test(func: Callable, *args: Any, **kwargs: Any) -> Any:
-    """:func:`call` without the test of in-place changes. TEMPORARY: what ``coursepkg.grading.core.call``
-    is until the checks of chapters 02-05 are ported to the kit."""
-    return _invoke(func, args, kwargs, mutation=False)
-
-
-def _invoke(func: Callable, args: tuple, kwargs: dict, mutation: bool) -> Any:
-    before = _snapshot(func, args, kwargs) if mutation else []
+    before = _snapshot(func, args, kwargs)
     try:
         out = func(*args, **kwargs)
     except NotImplementedError:
@@ -1246,11 +1236,16 @@ def require_standard_normal(u: torch.Tensor, *, what: str = "the noise", inputs:
                        "by more than chance allows")
 
 
+
+# --------------------------------------------------------------------------------------------------
+# added by the chapter 05 port: antithetic noise
+# --------------------------------------------------------------------------------------------------
 def mirrored_rows(u: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-6, fraction: float = 0.01) -> bool:
     """Whether many rows of ``u`` (``(n, m)``, standardised noise; see :func:`as_rows`) are, to round-off, the
     negatives of other rows: antithetic noise (``torch.cat([e, -e])``), whose rows each look right but are
-    not independent draws, and which :func:`independence_test` does not see. At least ``fraction`` of the rows
-    (and 2) must pair up, so that chance near-pairs never count; with one column it is always False."""
+    not independent draws, and which :func:`independence_test` does not see (ask it first: noise with identical
+    columns is one column, whose values pair up by chance). At least ``fraction`` of the rows (and 2) must pair
+    up, so that chance near-pairs never count; with one column it is always False."""
     u = as_rows(u)
     n, m = u.shape
     if m < 2 or n < 4 or not bool(torch.isfinite(u).all()):

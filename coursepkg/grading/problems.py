@@ -15,8 +15,16 @@ from torch import distributions as td
 from coursepkg import gmm as G
 from coursepkg import probability as P
 from coursepkg.elbo import LinearGaussianModel
-from coursepkg.grading.core import CheckFailure, Mistake
-from coursepkg.grading.kit import N_SIGMA, Case, closest_mistake, require_like, statistical_failure, within
+from coursepkg.grading.kit import (
+    N_SIGMA,
+    Case,
+    CheckFailure,
+    Mistake,
+    closest_mistake,
+    require_like,
+    statistical_failure,
+    within,
+)
 
 F64 = torch.float64
 

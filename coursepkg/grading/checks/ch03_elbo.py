@@ -52,7 +52,6 @@ from coursepkg.grading.kit import (
     describe_inputs,
     fresh,
     function_check,
-    independence_test,
     random_cases,
     register,
     require_callable,
@@ -92,7 +91,8 @@ def _q_noise(rec: Recorder, mu: torch.Tensor, logvar: torch.Tensor, *, by_point:
     """The noise ``(z - mu) / exp(logvar / 2)`` of the samples ``z`` the answer passed to ``rec``, for q =
     N(mu, diag exp(logvar)) (float64, ``(N, Dz)``), one row per sample (``by_point``: one row per data point,
     the samples side by side); None when nothing could be recorded (no call, or calls inside ``torch.func``).
-    Noise shared by the data points fails here."""
+    No noise at all, or noise shared by the data points, fails here, before the value is judged (the other
+    tests of the noise, :func:`_require_q_draws`, assume q's mean and scale: they come after the value)."""
     z = rec.rows(1)
     if z is not None and z.numel() == 0:
         z = rec.rows("z")
@@ -100,18 +100,11 @@ def _q_noise(rec: Recorder, mu: torch.Tensor, logvar: torch.Tensor, *, by_point:
         return None
     N, Dz = mu.shape
     u = (z.reshape(-1, N, Dz) - mu) / torch.exp(0.5 * logvar)                      # (S, N, Dz)
+    if u.numel() > 1 and close(u, u.reshape(-1)[:1].expand_as(u), 1e-4, 1e-5):
+        raise Mistake(*RANDOM_MESSAGES["constant"])
     if N > 1 and close(u, u[:, :1].expand_as(u), 1e-4, 1e-5):
         raise Mistake(*SAME_NOISE_FOR_POINTS)
     return u.transpose(0, 1).reshape(N, -1) if by_point else u.reshape(u.shape[0], -1)
-
-
-def _require_independent(u: torch.Tensor | None) -> None:
-    """Before the value is judged: noise shared by samples, points or coordinates is named first (it can make a
-    wrong estimate look like a catalogued mistake, or a statistical failure). Not finite: left to the value."""
-    if u is not None and bool(torch.isfinite(u).all()):
-        dependence = independence_test(u)
-        if dependence is not None:
-            raise Mistake(*RANDOM_MESSAGES[dependence])
 
 
 def _require_q_draws(u: torch.Tensor | None, rec: Recorder, inputs: str) -> bool:
@@ -298,7 +291,6 @@ def check_elbo(answer):
         require_like(got, (N,), dtype=case.dtype, device=case.device, what="your ELBO", inputs=inputs,
                      shape_hints=_elbo_shape_hints(S, N, Dz))
         u = _q_noise(rec, mu, logvar, by_point=False)
-        _require_independent(u)
         _judge_elbo(got.detach().double().cpu(), case, model, x, mu, logvar, inputs)
         noise_tested += _require_q_draws(u, rec, inputs)
         if i == 0:
@@ -453,7 +445,6 @@ def check_iwae(answer):
             torch.manual_seed(3390 + i)
             ref = iwae_bound(x, model.log_joint, diag_gaussian(mu, logvar.exp()), k, n_estimates=R)
         u = _q_noise(rec, mu.repeat(R, 1), logvar.repeat(R, 1), by_point=True)
-        _require_independent(u)
         judge_iwae(got, case, inputs, model, x, mu, logvar, k, R, ref.estimate, ref.stderr, is_far, what="bound",
                    recipe=f"with k={k}, the bound is log (1/k) sum_i exp(log p(x, z_i) - log q(z_i | x)) "
                           "for k reparameterized samples z_i from q")

@@ -709,7 +709,8 @@ function_check(
     "04.gumbel_softmax", "the Gumbel-softmax relaxation (and its straight-through hard version)",
     solution=_gumbel, inputs=_gumbel_inputs, seed=4500, keywords=["hard"], describe=["logits", "tau", "hard"],
     specs=[(shape, tau, hard) for shape, tau in GUMBEL_SHAPES for hard in (False, True)], what="y",
-    also=[Also("its gradients (soft, and straight-through for hard=True) on 4 more random inputs per dtype and device", _gumbel_gradients)],
+    also=[Also("its gradients (soft, and straight-through for hard=True) on 4 more random inputs per dtype and device",
+               _gumbel_gradients)],
     mistakes=[
         _slip("Gumbel noise computed as -log(u) (that is exponential noise: a log is missing)", GUMBEL_HINT,
               lambda lg, tau, g, u: _softmax((lg - torch.log(u)) / tau)),

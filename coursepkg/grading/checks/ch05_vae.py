@@ -75,6 +75,7 @@ from coursepkg.grading.problems import (
 F64 = torch.float64
 LOG2PI = math.log(2 * math.pi)
 
+
 def _gradient_advice(run, say):
     """``run()``, a kit check; its mistake "no gradient reaches NAME" is raised again as ``say(NAME)``, a failure
     in this chapter's words (what cuts the graph in a VAE: torch.normal, .sample(), .item(), ...)."""
@@ -176,7 +177,8 @@ class ReparameterizeCheck(RandomCheck):
             raise Mistake(*LOGVAR_AS_VAR)
         if close(z, args64["mu"], 1e-6, 1e-7):
             raise Mistake(*NO_NOISE)
-        if mirrored_rows(as_rows(_reparam_noise(z, args64["mu"], args64["logvar"]))):
+        u = as_rows(_reparam_noise(z, args64["mu"], args64["logvar"]))
+        if independence_test(u, n_sigma=self.n_sigma) is None and mirrored_rows(u):
             raise Mistake(*MIRRORED)
         return super().judge_sample(z, args, args64, ran)
 
@@ -469,7 +471,7 @@ class PriorDecoder(nn.Module):
 def _sample_prior(decoder, n, latent_dim, likelihood):
     """The exercise's answer: decode n draws of the prior, through a sigmoid for Bernoulli logits."""
     p = next(decoder.parameters())
-    out = decoder(torch.randn(n, latent_dim, **{"dtype": p.dtype, "device": p.device}))
+    out = decoder(torch.randn(n, latent_dim, dtype=p.dtype, device=p.device))
     return torch.sigmoid(out) if likelihood == "bernoulli" else out
 
 
