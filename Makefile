@@ -39,10 +39,12 @@ unit: $(STAMP)
 	$(VENV)/bin/ruff check coursepkg tests benchmarks conftest.py
 	$(PY) -m pytest -m "not slow" -n $(JOBS) --dist loadscope --no-loadscope-reorder tests
 
+# the chapters are executed again even when the cache holds them: the package they import may have changed
 test: $(STAMP)
 	$(VENV)/bin/ruff check coursepkg tests benchmarks conftest.py
 	$(PY) -m pytest -n $(JOBS) --dist loadscope --no-loadscope-reorder
-	$(MAKE) --no-print-directory book
+	$(PY) -m coursepkg execute-book --jobs $(JOBS) --force
+	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 exercises: $(STAMP)
 	$(PY) -m coursepkg exercises

@@ -182,8 +182,12 @@ def require_callable(answer: Any, what: str = "a function") -> Callable:
 def call(func: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call the student's function with ``args`` and ``kwargs``: whatever it raises (``SystemExit`` and
     ``KeyboardInterrupt`` included) becomes a failure that says so, and so does a change it makes in place
-    to a tensor it was given (also inside lists, tuples, dicts and ``nn.Module`` parameters and buffers)."""
-    before = _snapshot(func, args, kwargs)
+    to a tensor or an object it was given (also inside lists, tuples, dicts, objects' attributes and
+    ``nn.Module`` parameters and buffers), a change to torch, the course package or the kit while it runs
+    (monkeypatching: see :class:`_Guard`), and a result that is not what it claims to be (see
+    :func:`require_honest`)."""
+    before, objects = _snapshot(func, args, kwargs)
+    guard = _Guard()
     try:
         out = func(*args, **kwargs)
     except NotImplementedError:
@@ -195,12 +199,160 @@ def call(func: Callable, *args: Any, **kwargs: Any) -> Any:
                            "result, it never stops the kernel") from None
     except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt, GeneratorExit, ... are reported too
         raise CheckFailure(f"your function raised {describe_exception(err)}") from None
+    finally:
+        guard.verify()                     # first: a patched library could hide every other failure
     for label, tensor, copy in before:
         if not _unchanged(tensor, copy):
             raise CheckFailure(f"your function changed its input {label} in place (an in-place operation such as "
                                "x += 1, x.add_(...), x[...] = ..., or .data): the caller's tensors must stay as they "
                                "were; work on a copy (x = x.clone()) or with out-of-place operations (x = x + 1)")
+    for label, obj, attrs in objects:
+        now = vars(obj)
+        changed = sorted(k for k in attrs.keys() | now.keys() if now.get(k, _MISSING) is not attrs.get(k, _MISSING))
+        if changed:
+            raise CheckFailure(f"your function changed {label}.{changed[0]}, an object the check gave it: use the "
+                               "objects you are given as they are")
+    require_honest(out)
     return out
+
+
+_MISSING = object()
+HUGE = 10**8   # elements: no exercise's result comes near
+
+
+def require_honest(out: Any, what: str = "your result", depth: int = 0) -> None:
+    """Fail unless ``out`` (and the items of a tuple or list, two levels deep) is what it claims to be: no
+    object that claims to be a tensor without being one, no subclass of ``torch.Tensor`` (its
+    ``__torch_function__`` could answer every comparison the check makes), no tuple or list that changes how
+    it is iterated or indexed, no tensor of more than :data:`HUGE` elements."""
+    kind = type(out)
+    if isinstance(out, torch.Tensor) != issubclass(kind, torch.Tensor):
+        raise CheckFailure(f"{what} is a {kind.__name__} that claims to be a {out.__class__.__name__} without being "
+                           "one: return a torch.Tensor")
+    if issubclass(kind, torch.Tensor):
+        if kind not in (torch.Tensor, nn.Parameter):
+            raise CheckFailure(f"{what} is a {kind.__name__}, a subclass of torch.Tensor: return a plain torch.Tensor "
+                               "(computed with torch operations)")
+        if out.numel() > HUGE:
+            raise CheckFailure(f"{what} has {out.numel()} elements (shape {list(out.shape)}): far more than this "
+                               "exercise's result")
+        return
+    if isinstance(out, (tuple, list)) and depth < 2:
+        base = tuple if isinstance(out, tuple) else list
+        if any(k in vars(c) for c in kind.__mro__ if c not in (tuple, list, object)
+               for k in ("__iter__", "__getitem__", "__len__")):
+            raise CheckFailure(f"{what} is a {kind.__name__} that changes how a {base.__name__} is read: return a "
+                               f"plain {base.__name__}")
+        for i, item in enumerate(base.__iter__(out)):
+            require_honest(item, f"{what}[{i}]", depth + 1)
+
+
+class _Guard:
+    """The namespaces an answer must leave as it found them, saved when it is called and compared when it
+    returns: torch (its functions and ``torch.Tensor``'s methods), ``builtins``, ``math``, every module of the
+    course package with the modules and classes it uses, the code and defaults of the package's functions,
+    the registry and the registered checks. A change is put back, and fails the answer: a check is only as
+    honest as the functions it calls (``torch.allclose``, :func:`compare`, the references)."""
+
+    def __init__(self) -> None:
+        self.saved = [(ns, self.state(ns)) for ns in _guarded()]
+
+    @staticmethod
+    def state(ns: Any) -> dict:
+        if isinstance(ns, dict):
+            return dict(ns)
+        if inspect.isfunction(ns):
+            return {"__code__": ns.__code__, "__defaults__": ns.__defaults__, "__kwdefaults__": ns.__kwdefaults__,
+                    **vars(ns)}
+        return dict(vars(ns))
+
+    def verify(self) -> None:
+        changed = []
+        for ns, before in self.saved:
+            now = self.state(ns)
+            for k in before.keys() | now.keys():
+                old, new = before.get(k, _MISSING), now.get(k, _MISSING)
+                if old is new or _harmless(ns, k, old, new):
+                    continue
+                changed.append(f"{_label(ns)}.{k}")
+                _put_back(ns, k, old)
+        if changed:
+            raise CheckFailure(f"your function changed {', '.join(sorted(changed)[:3])} while it ran (monkeypatching "
+                               "torch, the course package or the check): it was put back. A function computes its "
+                               "result from its inputs and leaves the libraries alone")
+
+
+def _harmless(ns: Any, key: str, old: Any, new: Any) -> bool:
+    """A change that alters nothing a check calls: a submodule imported, a module's dunder bookkeeping
+    (``__warningregistry__``), or torch's own first import of ``torch._dynamo`` (which a first use of
+    forward-mode AD triggers), which wraps ``torch.manual_seed``."""
+    if ns is torch and key == "manual_seed":
+        import sys
+
+        return "torch._dynamo" in sys.modules and getattr(new, "__wrapped__", None) is old
+    return old is _MISSING and (inspect.ismodule(new) or (inspect.ismodule(ns) and key.startswith("__")
+                                                          and key.endswith("__")))
+
+
+def _put_back(ns: Any, key: str, old: Any) -> None:
+    if isinstance(ns, dict) or inspect.ismodule(ns) or not isinstance(ns, type) and not inspect.isfunction(ns):
+        d = ns if isinstance(ns, dict) else vars(ns)
+        if old is _MISSING:
+            d.pop(key, None)
+        else:
+            d[key] = old
+    elif old is _MISSING:
+        delattr(ns, key)
+    else:
+        setattr(ns, key, old)
+
+
+def _label(ns: Any) -> str:
+    if isinstance(ns, dict):
+        return "the check registry"
+    if inspect.ismodule(ns):
+        return ns.__name__
+    if isinstance(ns, type) or inspect.isfunction(ns):
+        return f"{ns.__module__}.{ns.__qualname__}"
+    return f"the check {getattr(ns, 'exercise_id', type(ns).__name__)}"
+
+
+def _guarded() -> list:
+    """What :class:`_Guard` watches (see there), each once."""
+    import builtins
+    import sys
+
+    from coursepkg.grading import core
+
+    spaces: dict[int, Any] = {}
+
+    def add(ns: Any) -> None:
+        spaces.setdefault(id(ns), ns)
+
+    for ns in (torch, builtins, math, nn.functional, torch.linalg, torch.special, torch.autograd, core._REGISTRY,
+               *torch.Tensor.__mro__[:-2]):
+        add(ns)
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "coursepkg" or name.startswith("coursepkg.")):
+            continue
+        add(module)
+        for value in list(vars(module).values()):
+            if inspect.ismodule(value):
+                add(value)
+            elif isinstance(value, type):
+                for c in value.__mro__[:-1]:
+                    if c.__module__ != "builtins":
+                        add(c)
+                        if c.__module__.startswith("coursepkg"):
+                            for f in list(vars(c).values()):
+                                if inspect.isfunction(f):
+                                    add(f)
+            elif inspect.isfunction(value) and value.__module__ and value.__module__.startswith("coursepkg"):
+                add(value)
+    for chk in list(core._REGISTRY.values()):
+        if hasattr(chk.func, "__dict__") and not inspect.isfunction(chk.func):
+            add(chk.func)
+    return list(spaces.values())
 
 
 def _argument_labels(func: Callable, n: int) -> list[str]:
@@ -212,9 +364,11 @@ def _argument_labels(func: Callable, n: int) -> list[str]:
     return [f"`{params[i]}`" if i < len(params) else f"number {i + 1}" for i in range(n)]
 
 
-def _snapshot(func: Callable, args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """``(label, tensor, copy)`` for every tensor the answer receives."""
+def _snapshot(func: Callable, args: tuple, kwargs: dict):
+    """``(label, tensor, copy)`` for every tensor the answer receives, and ``(label, object, its attributes)``
+    for every plain object (a function of the check's, say), whose attributes must not be rebound."""
     out: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    objects: list[tuple[str, Any, dict]] = []
 
     def walk(obj: Any, label: str, depth: int) -> None:
         if isinstance(obj, torch.Tensor):
@@ -228,12 +382,19 @@ def _snapshot(func: Callable, args: tuple, kwargs: dict) -> list[tuple[str, torc
         elif depth < 3 and isinstance(obj, dict):
             for k, item in obj.items():
                 walk(item, f"{label}[{k!r}]", depth + 1)
+        elif isinstance(obj, Recorder):                       # its own record changes; what it calls must not
+            walk(obj.target, label, depth)
+        elif depth < 3 and hasattr(obj, "__dict__") and not (inspect.ismodule(obj) or isinstance(obj, type)
+                                                             or inspect.isroutine(obj)):
+            objects.append((label, obj, dict(vars(obj))))
+            for k, item in vars(obj).items():
+                walk(item, f"{label}.{k}", depth + 1)
 
     for label, a in zip(_argument_labels(func, len(args)), args, strict=True):
         walk(a, label, 0)
     for k, a in kwargs.items():
         walk(a, f"`{k}`", 0)
-    return out
+    return out, objects
 
 
 def _unchanged(t: torch.Tensor, copy: torch.Tensor) -> bool:
@@ -400,6 +561,11 @@ def compare_gradients(got: torch.Tensor, leaves: Mapping[str, torch.Tensor],
     rtol, atol = (10 * r if rtol is None else rtol), (10 * a if atol is None else atol)
     for name, g, e in zip(names, grads, expected, strict=True):
         e = torch.zeros_like(leaves64[name]) if e is None else e
+        if g is not None and not bool(torch.isfinite(g).all()) and bool(torch.isfinite(e).all()):
+            raise Mistake(f"the gradient with respect to {name} is NaN or inf", f"{what} has the right value, but "
+                          "backpropagation through it gives NaN: a branch torch.where does not select still sends "
+                          "its gradient (times 0, and 0 * NaN is NaN), so compute every branch on safe values "
+                          "(no sqrt or log of a negative number, no division by 0)")
         if (g is None or not bool(g.abs().gt(0).any())) and bool(e.abs().gt(0).any()):
             raise Mistake(f"no gradient reaches {name}", f"{what} must be computed from {name} with torch operations, "
                           "so that autograd can differentiate through it")

@@ -103,6 +103,9 @@ function_check(
              lambda v: v.mean(-1) if v.dim() > 1 else None, output=0),
         Slip("the standard deviation returned as the standard error", "the standard error of a mean of n samples "
              "is std / sqrt(n): it shrinks as n grows", lambda v: v.std(0), output=1),
+        Slip("dividing by sqrt(n - 1) instead of sqrt(n)", "the standard error is std / sqrt(n); the n - 1 "
+             "belongs inside the standard deviation, where values.std(0) already puts it",
+             lambda v: v.std(0) / math.sqrt(v.shape[0] - 1) if v.shape[0] > 1 else None, output=1),
         Slip("dividing by n instead of sqrt(n)", "Var(mean) = sigma^2 / n, so its square root is sigma / sqrt(n)",
              lambda v: v.std(0) / v.shape[0], output=1),
         Slip("the variance where the standard deviation belongs", "use std / sqrt(n), not var / sqrt(n)",

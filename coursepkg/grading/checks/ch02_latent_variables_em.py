@@ -258,6 +258,12 @@ def _all(x, r):
     return torch.ones_like(r), torch.full((r.shape[1],), float(x.shape[0]), dtype=x.dtype, device=x.device)
 
 
+def _weighted_cov(x, r):
+    """``torch.cov(x.T, aweights=r[:, k])`` for every component, with torch's default correction, ``(K, D, D)``."""
+    D = x.shape[1]
+    return torch.stack([torch.cov(x.T, aweights=r[:, k]).reshape(D, D) for k in range(r.shape[1])])
+
+
 def _not_weighted(x, r, reg, center):
     ones, n = _all(x, r)
     return _scatter(x, ones, center, n) + _eye(x, reg)
@@ -294,6 +300,9 @@ MixtureCheck(
         Slip("the covariance divided by N instead of N_k", "Sigma_k is a weighted average over the component's "
              "points: divide by N_k", lambda x, r, reg: _scatter(x, r, _mu(x, r), _all(x, r)[1]) + _eye(x, reg),
              output=2),
+        Slip("torch.cov with aweights and its default correction (an unbiased weighted covariance)", "torch.cov("
+             "x.T, aweights=resp[:, k]) divides by N_k - sum_n r_nk^2 / N_k; the maximum-likelihood covariance "
+             "divides by N_k: pass correction=0", lambda x, r, reg: _weighted_cov(x, r) + _eye(x, reg), output=2),
         Slip("the covariance centred at the data mean instead of the new mu_k", "centre each point at the "
              "component's updated mean: x_n - mu_k",
              lambda x, r, reg: _scatter(x, r, x.mean(0), _nk(r)) + _eye(x, reg), output=2),

@@ -107,10 +107,18 @@ def _q_noise(rec: Recorder, mu: torch.Tensor, logvar: torch.Tensor, *, by_point:
     return u.transpose(0, 1).reshape(N, -1) if by_point else u.reshape(u.shape[0], -1)
 
 
-def _require_q_draws(u: torch.Tensor | None, rec: Recorder, inputs: str) -> bool:
-    """After the value is accepted: the noise must look like independent standard normal draws (True when tested)."""
+def _require_q_draws(u: torch.Tensor | None, rec: Recorder, inputs: str, *, samples: int, name: str,
+                     by_point: bool, Dz: int) -> bool:
+    """After the value is accepted: exactly ``samples`` samples per data point (``name``: n_samples or k), whose
+    noise looks like independent standard normal draws (True when tested). Fewer samples give an unbiased but
+    noisier estimate that a value within Monte Carlo error does not reveal."""
     if u is None:
         return False
+    seen = u.shape[1] // Dz if by_point else u.shape[0]
+    if seen != samples:
+        raise CheckFailure(f"{rec.__name__} was evaluated on {seen} samples per data point in all, expected "
+                           f"{name} = {samples} (for inputs {inputs}): draw exactly {name} samples z, shape "
+                           f"({name}, N, Dz), and evaluate {rec.__name__} on them once")
     require_standard_normal(u, inputs=inputs,
                             what=f"the noise (z - mu) / exp(logvar / 2) of the samples z passed to {rec.__name__}")
     return True
@@ -292,7 +300,7 @@ def check_elbo(answer):
                      shape_hints=_elbo_shape_hints(S, N, Dz))
         u = _q_noise(rec, mu, logvar, by_point=False)
         _judge_elbo(got.detach().double().cpu(), case, model, x, mu, logvar, inputs)
-        noise_tested += _require_q_draws(u, rec, inputs)
+        noise_tested += _require_q_draws(u, rec, inputs, samples=S, name="n_samples", by_point=False, Dz=Dz)
         if i == 0:
             _require_fresh(f, got, xc, ModelFunction(case, model, joint=False), muc, lvc, S)
     _check_elbo_gradient(f, trials[0][0], 3199)
@@ -448,7 +456,7 @@ def check_iwae(answer):
         judge_iwae(got, case, inputs, model, x, mu, logvar, k, R, ref.estimate, ref.stderr, is_far, what="bound",
                    recipe=f"with k={k}, the bound is log (1/k) sum_i exp(log p(x, z_i) - log q(z_i | x)) "
                           "for k reparameterized samples z_i from q")
-        noise_tested += _require_q_draws(u, rec, inputs)
+        noise_tested += _require_q_draws(u, rec, inputs, samples=k, name="k", by_point=True, Dz=mu.shape[1])
         if i == 0:
             _require_fresh(f, got, xc, ModelFunction(case, model, joint=True), muc, lvc, k)
     noise = (f"; the samples it evaluates log_joint at are independent draws from q (on {noise_tested} inputs)"

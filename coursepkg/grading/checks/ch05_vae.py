@@ -663,5 +663,10 @@ def check_log_likelihood(answer):
                    recipe=f"with k={k}: (mu, logvar) = encode(x), k samples z_i = mu + exp(logvar / 2) * "
                           "eps_i, then logsumexp_i [log_joint(x, z_i) - log q(z_i | x)] - log k",
                    underflow=(UNDERFLOW[0].replace("exp underflow", "naive log(mean(exp)) underflows"), UNDERFLOW[1]))
+        if i == 0:                                           # a Monte Carlo estimate: fresh at every call
+            again = call(f, xc, encoder, log_joint, k)
+            if isinstance(again, torch.Tensor) and not fresh(got, again):
+                raise Mistake(*RANDOM_MESSAGES["same calls"])
     return (f"matches coursepkg.elbo.iwae_bound with the encoder's q in distribution ({R} estimates per point) on "
-            f"{len(trials)} random inputs, k = 1 to 16, including a point far from the data")
+            f"{len(trials)} random inputs, k = 1 to 16, including a point far from the data, with a new estimate at "
+            "every call")
