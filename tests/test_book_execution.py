@@ -54,7 +54,8 @@ def test_a_failing_chapter_is_a_clear_error_and_is_not_cached(tmp_path):
     from jupyter_cache import get_cache
 
     root = _root(tmp_path, {"01_bad": ["assert 1 + 1 == 3, 'the claim in the prose is wrong'"]})
-    with pytest.raises(ChapterError, match="(?s)01_bad.ipynb failed to execute.*AssertionError: the claim in the prose is wrong"):
+    expected = "(?s)01_bad.ipynb failed to execute.*AssertionError: the claim in the prose is wrong"
+    with pytest.raises(ChapterError, match=expected):
         execute_chapter(root / "book" / "01_bad.ipynb", root=root)
     with pytest.raises(KeyError):
         get_cache(str(cache_path(root))).match_cache_notebook(
