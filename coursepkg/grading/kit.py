@@ -406,6 +406,28 @@ def _unchanged(t: torch.Tensor, copy: torch.Tensor) -> bool:
     return bool(now.is_floating_point() and ((now == copy) | (now.isnan() & copy.isnan())).all())
 
 
+def explaining_errors(func: Callable, errors: Sequence[tuple[str, str, str]]) -> Callable:
+    """``func``, except that an exception whose message contains the text of one of ``errors``
+    (``(text, name, hint)``) becomes that :class:`Mistake`: ``F.binary_cross_entropy`` given logits raises
+    "... should be between 0 and 1", which is the mistake "logits taken for probabilities". Call the result
+    with :func:`call` as the answer itself (it keeps ``func``'s signature, so in-place changes are still named
+    by argument); any other exception goes through unchanged."""
+    import functools
+
+    @functools.wraps(func)
+    def explained(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - only the listed messages are translated; the rest re-raised
+            text = str(err)
+            for words, name, hint in errors:
+                if words in text:
+                    raise Mistake(name, hint) from None
+            raise
+
+    return explained
+
+
 # --------------------------------------------------------------------------------------------------
 # the structure and value of a result
 # --------------------------------------------------------------------------------------------------
@@ -757,6 +779,50 @@ def fresh(first: torch.Tensor, second: torch.Tensor) -> bool:
     if a.shape != b.shape:
         return True
     return bool((a == b).to(F64).mean().item() <= 0.5)
+
+
+def require_standard_normal(u: torch.Tensor, *, what: str = "the noise", inputs: str = "",
+                            messages: Mapping[str, tuple[str, str]] | None = None,
+                            n_sigma: float = N_SIGMA) -> None:
+    """Fail unless the rows of ``u`` (``(n, m)``, see :func:`as_rows`) look like independent standard normal
+    draws: :func:`independence_test` first (a code it returns names the :class:`Mistake` of ``messages``, by
+    default :data:`RANDOM_MESSAGES`), then :func:`normal_test` (uniform noise is named as such). ``u`` is the
+    noise recovered from something the answer made, e.g. ``(z - mu) / std`` of the latents a
+    :class:`Recorder` saw; ``what`` names it in the message of a wrong distribution."""
+    messages = {**RANDOM_MESSAGES, **(messages or {})}
+    u = as_rows(u)
+    at = f" (for inputs {inputs})" if inputs else ""
+    if not bool(torch.isfinite(u).all()):
+        raise CheckFailure(f"{what} contains NaN or inf{at}")
+    dependence = independence_test(u, n_sigma=n_sigma)
+    if dependence is not None:
+        raise Mistake(*messages[dependence])
+    failed = normal_test(u, n_sigma=n_sigma)
+    if failed is None:
+        return
+    if looks_uniform(u):
+        raise Mistake(*messages["uniform"])
+    raise CheckFailure(f"{what} does not look like standard normal draws{at}: it has mean {fmt(u.mean().item())} and "
+                       f"standard deviation {fmt(u.std().item())} where 0 and 1 are expected, and its {failed} is off "
+                       "by more than chance allows")
+
+
+def mirrored_rows(u: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-6, fraction: float = 0.01) -> bool:
+    """Whether many rows of ``u`` (``(n, m)``, standardised noise; see :func:`as_rows`) are, to round-off, the
+    negatives of other rows: antithetic noise (``torch.cat([e, -e])``), whose rows each look right but are
+    not independent draws, and which :func:`independence_test` does not see (ask it first: noise with identical
+    columns is one column, whose values pair up by chance). At least ``fraction`` of the rows (and 2) must pair
+    up, so that chance near-pairs never count; with one column it is always False."""
+    u = as_rows(u)
+    n, m = u.shape
+    if m < 2 or n < 4 or not bool(torch.isfinite(u).all()):
+        return False
+    negative = u[:, 0] < 0
+    canonical = torch.where(negative[:, None], -u, u)        # each row and its negative become the same row
+    order = torch.argsort(canonical[:, 0])
+    c, s = canonical[order], negative[order]
+    pairs = ((c[1:] - c[:-1]).abs() <= atol + rtol * c[1:].abs()).all(1) & (s[1:] != s[:-1])
+    return int(pairs.sum()) >= max(2, math.ceil(fraction * n))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1346,79 +1412,3 @@ def loss_check(exercise_id: str, title: str, *, solution: Callable, inputs: Call
                      combine=combine, aspects=aspects, max_slips=max_slips, what=what, dtypes=dtypes,
                      keywords=keywords, describe=describe, shape_hints=shape_hints, grad=grad, detached=detached,
                      explain=explain)
-
-
-# --------------------------------------------------------------------------------------------------
-# added by the chapter 05 port: an exception that names a mistake
-# --------------------------------------------------------------------------------------------------
-def explaining_errors(func: Callable, errors: Sequence[tuple[str, str, str]]) -> Callable:
-    """``func``, except that an exception whose message contains the text of one of ``errors``
-    (``(text, name, hint)``) becomes that :class:`Mistake`: ``F.binary_cross_entropy`` given logits raises
-    "... should be between 0 and 1", which is the mistake "logits taken for probabilities". Call the result
-    with :func:`call` as the answer itself (it keeps ``func``'s signature, so in-place changes are still named
-    by argument); any other exception goes through unchanged."""
-    import functools
-
-    @functools.wraps(func)
-    def explained(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - only the listed messages are translated; the rest re-raised
-            text = str(err)
-            for words, name, hint in errors:
-                if words in text:
-                    raise Mistake(name, hint) from None
-            raise
-
-    return explained
-
-
-# --------------------------------------------------------------------------------------------------
-# added by the chapter 03 port: is the noise an answer drew (recovered from what it passed on) right?
-# --------------------------------------------------------------------------------------------------
-def require_standard_normal(u: torch.Tensor, *, what: str = "the noise", inputs: str = "",
-                            messages: Mapping[str, tuple[str, str]] | None = None,
-                            n_sigma: float = N_SIGMA) -> None:
-    """Fail unless the rows of ``u`` (``(n, m)``, see :func:`as_rows`) look like independent standard normal
-    draws: :func:`independence_test` first (a code it returns names the :class:`Mistake` of ``messages``, by
-    default :data:`RANDOM_MESSAGES`), then :func:`normal_test` (uniform noise is named as such). ``u`` is the
-    noise recovered from something the answer made, e.g. ``(z - mu) / std`` of the latents a
-    :class:`Recorder` saw; ``what`` names it in the message of a wrong distribution."""
-    messages = {**RANDOM_MESSAGES, **(messages or {})}
-    u = as_rows(u)
-    at = f" (for inputs {inputs})" if inputs else ""
-    if not bool(torch.isfinite(u).all()):
-        raise CheckFailure(f"{what} contains NaN or inf{at}")
-    dependence = independence_test(u, n_sigma=n_sigma)
-    if dependence is not None:
-        raise Mistake(*messages[dependence])
-    failed = normal_test(u, n_sigma=n_sigma)
-    if failed is None:
-        return
-    if looks_uniform(u):
-        raise Mistake(*messages["uniform"])
-    raise CheckFailure(f"{what} does not look like standard normal draws{at}: it has mean {fmt(u.mean().item())} and "
-                       f"standard deviation {fmt(u.std().item())} where 0 and 1 are expected, and its {failed} is off "
-                       "by more than chance allows")
-
-
-
-# --------------------------------------------------------------------------------------------------
-# added by the chapter 05 port: antithetic noise
-# --------------------------------------------------------------------------------------------------
-def mirrored_rows(u: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-6, fraction: float = 0.01) -> bool:
-    """Whether many rows of ``u`` (``(n, m)``, standardised noise; see :func:`as_rows`) are, to round-off, the
-    negatives of other rows: antithetic noise (``torch.cat([e, -e])``), whose rows each look right but are
-    not independent draws, and which :func:`independence_test` does not see (ask it first: noise with identical
-    columns is one column, whose values pair up by chance). At least ``fraction`` of the rows (and 2) must pair
-    up, so that chance near-pairs never count; with one column it is always False."""
-    u = as_rows(u)
-    n, m = u.shape
-    if m < 2 or n < 4 or not bool(torch.isfinite(u).all()):
-        return False
-    negative = u[:, 0] < 0
-    canonical = torch.where(negative[:, None], -u, u)        # each row and its negative become the same row
-    order = torch.argsort(canonical[:, 0])
-    c, s = canonical[order], negative[order]
-    pairs = ((c[1:] - c[:-1]).abs() <= atol + rtol * c[1:].abs()).all(1) & (s[1:] != s[:-1])
-    return int(pairs.sum()) >= max(2, math.ceil(fraction * n))

@@ -595,8 +595,20 @@ def kernel_env(workdir: str, hidden: list[Path]) -> dict[str, str]:
     return env
 
 
-def _run(plan: Plan, limits: Limits, kernel_name: str, hidden: list[Path]) -> tuple[str | None, int]:
-    """Execute ``plan.nb`` in place in a fresh kernel; return (why it stopped early or None, cell index)."""
+def _run(plan: Plan, limits: Limits, kernel_name: str, hidden: list[Path], attempts: int = 3) -> tuple[str | None, int]:
+    """Execute ``plan.nb`` in place in a fresh kernel; return (why it stopped early or None, cell index).
+
+    A kernel that fails before its first cell starts is started again (up to ``attempts`` times): kernels
+    started at the same moment (``--jobs``) can race for the same free ports, which no submission causes."""
+    for _ in range(attempts - 1):
+        stopped, running, limit_hit = _run_once(plan, limits, kernel_name, hidden)
+        if not (stopped and running < 0 and not limit_hit):
+            return stopped, running
+    stopped, running, _ = _run_once(plan, limits, kernel_name, hidden)
+    return stopped, running
+
+
+def _run_once(plan: Plan, limits: Limits, kernel_name: str, hidden: list[Path]) -> tuple[str | None, int, bool]:
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     workdir = tempfile.mkdtemp(prefix="coursepkg-kernel-")
@@ -616,7 +628,7 @@ def _run(plan: Plan, limits: Limits, kernel_name: str, hidden: list[Path]) -> tu
         shutil.rmtree(workdir, ignore_errors=True)
     if client.stop_reason:  # the kernel was killed over a limit: that is why it stopped
         stopped = f"the kernel was stopped: {client.stop_reason}"
-    return stopped, client.running
+    return stopped, client.running, client.stop_reason is not None
 
 
 # --------------------------------------------------------------------------------------------------
