@@ -21,10 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from coursepkg.grading import check, get_check, list_checks
+from coursepkg.grading import check, core, get_check, list_checks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IDS = list_checks()
+CHECK_ENTRY = core.check.__code__  # the frames between it and the answer are the check's and the kit's
 
 
 def _not_implemented(*args, **kwargs):
@@ -124,9 +125,9 @@ def test_bad_answers_are_failures_not_crashes(exercise_id, kind):
     assert "could not evaluate" not in r.message, f"{exercise_id} crashed on an answer that {kind}: {r.message}"
 
 
-@pytest.mark.parametrize("exercise_id", IDS)
-def test_the_solution_passes_and_nothing_expected_is_on_the_stack(exercise_id):
-    solution = _solution(exercise_id)
+def _run_with_a_spy(exercise_id, solution):
+    """check() on ``solution``, wrapped in a spy that looks, at every call, through the frames between
+    check() and the answer for a tensor equal to what the answer is about to return; (result, leaks)."""
     leaks = []
 
     @functools.wraps(solution)
@@ -137,7 +138,7 @@ def test_the_solution_passes_and_nothing_expected_is_on_the_stack(exercise_id):
                   and bool(torch.isfinite(t).all()) and not bool((t == t.reshape(-1)[0]).all())]
         mine = {id(t) for t in _tensors((args, kwargs))} | {id(t) for t in _tensors(out)}
         frame = inspect.currentframe().f_back
-        while frame is not None and wanted:
+        while frame is not None and wanted and frame.f_code is not CHECK_ENTRY:  # above check(): the caller's
             for name, value in frame.f_locals.items():
                 for t in _tensors(value):
                     if id(t) not in mine and any(t.shape == w.shape and t.dtype == w.dtype and t.device == w.device
@@ -147,9 +148,34 @@ def test_the_solution_passes_and_nothing_expected_is_on_the_stack(exercise_id):
             frame = frame.f_back
         return out
 
-    r = _run(exercise_id, spy)
+    return _run(exercise_id, spy), leaks
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_the_solution_passes_and_nothing_expected_is_on_the_stack(exercise_id):
+    r, leaks = _run_with_a_spy(exercise_id, _solution(exercise_id))
     assert r.passed, r.message
     assert not leaks, f"expected values are on the call stack while the answer runs: {sorted(set(leaks))}"
+
+
+def test_the_spy_finds_a_reference_computed_before_the_call():
+    """The stack test can fail: a check that computes the expected value first is caught."""
+    from coursepkg.grading.kit import call, compare
+
+    def leaky_check(answer):
+        x = torch.linspace(-1, 1, 7, dtype=torch.float64)
+        expected = torch.sin(x)  # on the stack while the answer runs
+        compare(call(answer, x), expected)
+
+    core._load_all()
+    saved = dict(core._REGISTRY)
+    try:
+        core.register("99.leaky", "a check written the wrong way", solution=torch.sin)(leaky_check)
+        r, leaks = _run_with_a_spy("99.leaky", torch.sin)
+    finally:
+        core._REGISTRY.clear()
+        core._REGISTRY.update(saved)
+    assert r.passed and "leaky_check: expected" in leaks
 
 
 @pytest.mark.parametrize("exercise_id", IDS)
