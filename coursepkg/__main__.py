@@ -1,4 +1,4 @@
-"""Command line: ``python -m coursepkg {exercises,install-cells,grade,execute,checks}``."""
+"""Command line: ``python -m coursepkg {exercises,install-cells,grade,execute,execute-book,checks}``."""
 
 from __future__ import annotations
 
