@@ -89,11 +89,51 @@ def elbo_expand(x, log_px_given_z, mu, logvar, n_samples):
     return log_px_given_z(x, z).sum(0) / S - P.kl_standard_normal(mu, logvar)
 
 
+def elbo_vmap(x, log_px_given_z, mu, logvar, n_samples):
+    """log p(x | z) evaluated one sample at a time under torch.func.vmap: the samples are recorded all the same."""
+    z = P.reparameterize(mu, logvar, torch.randn(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device))
+    return torch.func.vmap(lambda zs: log_px_given_z(x, zs))(z).mean(0) - P.kl_standard_normal(mu, logvar)
+
+
+def elbo_point_by_point(x, log_px_given_z, mu, logvar, n_samples):
+    """A Python loop over the data points, each with its own samples: log p(x_n | z) one point at a time."""
+    out = []
+    for n in range(x.shape[0]):
+        eps = torch.randn(n_samples, 1, mu.shape[1], dtype=mu.dtype, device=mu.device)
+        z = mu[n:n + 1] + torch.exp(0.5 * logvar[n:n + 1]) * eps                        # (S, 1, Dz)
+        out.append(log_px_given_z(x[n:n + 1], z).mean(0))
+    return torch.cat(out) - P.kl_standard_normal(mu, logvar)
+
+
+def elbo_vmap_over_points(x, log_px_given_z, mu, logvar, n_samples):
+    """vmap over the data points (the samples drawn first, one set per point)."""
+    z = P.reparameterize(mu, logvar, torch.randn(n_samples, *mu.shape, dtype=mu.dtype, device=mu.device))
+    ll = torch.func.vmap(lambda xi, zi: log_px_given_z(xi[None], zi[:, None])[:, 0], in_dims=(0, 1))(x, z)  # (N, S)
+    return ll.mean(1) - P.kl_standard_normal(mu, logvar)
+
+
+def elbo_point_by_point_shared_noise(x, log_px_given_z, mu, logvar, n_samples):
+    """Wrong: the loop over the points reuses one set of noise for every point."""
+    eps = torch.randn(n_samples, 1, mu.shape[1], dtype=mu.dtype, device=mu.device)
+    out = [log_px_given_z(x[n:n + 1], mu[n:n + 1] + torch.exp(0.5 * logvar[n:n + 1]) * eps).mean(0)
+           for n in range(x.shape[0])]
+    return torch.cat(out) - P.kl_standard_normal(mu, logvar)
+
+
+def test_elbo_answers_that_go_point_by_point_are_judged_on_their_samples():
+    for answer in (elbo_point_by_point, elbo_vmap_over_points):
+        r = _ok("03.elbo", answer)
+        assert "independent draws from q" in r.message, r.message   # the samples, put back per point, were tested
+    _fails("03.elbo", elbo_point_by_point_shared_noise, "the same noise for every data point")
+
+
 def test_elbo_correct_but_differently_written_answers_pass():
     _ok("03.elbo", make_elbo())
     _ok("03.elbo", elbo_torch_distributions)
     _ok("03.elbo", elbo_loop)
     _ok("03.elbo", elbo_expand)
+    r = _ok("03.elbo", elbo_vmap)
+    assert "independent draws from q" in r.message                 # the samples inside vmap were tested
 
 
 @pytest.mark.parametrize("wrong, words", [
@@ -265,10 +305,33 @@ def iwae_max_shift(x, log_joint, mu, logvar, k):
     return m + torch.log(torch.exp(log_w - m).mean(0))
 
 
+def iwae_vmap(x, log_joint, mu, logvar, k):
+    """Another correct way: the log-weights of the k samples by torch.func.vmap, one sample at a time."""
+    q = td.Independent(td.Normal(mu, torch.exp(logvar / 2)), 1)
+    z = q.rsample((k,))
+    log_w = torch.func.vmap(lambda zi: log_joint(x, zi[None])[0] - q.log_prob(zi))(z)
+    return torch.logsumexp(log_w, 0) - math.log(k)
+
+
+def iwae_point_by_point(x, log_joint, mu, logvar, k):
+    """A loop over the data points (here each point's copies too), k samples for each."""
+    out = []
+    for n in range(x.shape[0]):
+        eps = torch.randn(k, 1, mu.shape[1], dtype=mu.dtype, device=mu.device)
+        log_q = (-0.5 * (eps ** 2 + math.log(2 * math.pi) + logvar[n:n + 1])).sum(-1)
+        out.append(torch.logsumexp(log_joint(x[n:n + 1], mu[n:n + 1] + torch.exp(0.5 * logvar[n:n + 1]) * eps)
+                                   - log_q, 0) - math.log(k))
+    return torch.cat(out)
+
+
 def test_iwae_correct_but_differently_written_answers_pass():
     _ok("03.iwae", make_iwae())
     _ok("03.iwae", iwae_loop)
     _ok("03.iwae", iwae_max_shift)
+    r = _ok("03.iwae", iwae_vmap)
+    assert "independent draws from q" in r.message
+    r = _ok("03.iwae", iwae_point_by_point)                        # copies of a point are told apart in turn
+    assert "independent draws from q" in r.message
 
 
 def naive(log_w, k):

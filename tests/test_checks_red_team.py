@@ -519,6 +519,12 @@ def elbo_hidden_in_vmap(x, ll, mu, lv, S):       # log p(x | z) evaluated inside
     return torch.func.vmap(lambda zz: ll(x, zz))(z).mean(0) - P.kl_standard_normal(mu, lv)
 
 
+def elbo_drawn_inside_vmap(x, ll, mu, lv, S):    # correct: each sample drawn and evaluated inside torch.func.vmap
+    def one(_):
+        return ll(x, (mu + torch.exp(0.5 * lv) * torch.randn_like(mu))[None])[0]
+    return torch.func.vmap(one, randomness="different")(torch.arange(S)).mean(0) - P.kl_standard_normal(mu, lv)
+
+
 def elbo_float64_noise_cast(x, ll, mu, lv, S):
     eps = torch.randn(S, *mu.shape, dtype=torch.float64).to(mu.dtype)
     return ll(x, P.reparameterize(mu, lv, eps)).mean(0) - P.kl_standard_normal(mu, lv)
@@ -613,13 +619,13 @@ def ge_log_px_minus_kl(x, w, m, c, q):           # log p(x) - KL(q || posterior)
 
 
 CH03_WRONG = [
-    ("03.elbo", elbo_half_the_samples), ("03.elbo", elbo_noise_shared_by_points),
+    ("03.elbo", elbo_half_the_samples), ("03.elbo", elbo_noise_shared_by_points), ("03.elbo", elbo_hidden_in_vmap),
     ("03.posterior_gap", gap_diagonal_precision), ("03.posterior_gap", gap_unit_noise),
     ("03.iwae", iwae_max_instead), ("03.iwae", iwae_one_more),
     ("03.gmm_elbo", ge_log_of_q_plus_small), ("03.gmm_elbo", ge_kl_form),
 ]
 CH03_RIGHT = [
-    ("03.elbo", elbo_distributions), ("03.elbo", elbo_float64_noise_cast),
+    ("03.elbo", elbo_distributions), ("03.elbo", elbo_float64_noise_cast), ("03.elbo", elbo_drawn_inside_vmap),
     ("03.posterior_gap", gap_by_distributions), ("03.posterior_gap", gap_as_log_px_minus_elbo),
     ("03.iwae", iwae_logaddexp_loop), ("03.gmm_elbo", ge_log_eps), ("03.gmm_elbo", ge_nansum),
     ("03.gmm_elbo", ge_log_px_minus_kl),
@@ -769,6 +775,7 @@ def gs_distribution(logits, tau, u, hard=False):  # the Gumbel noise through tor
 
 CH04_WRONG = [
     ("04.score_function", sf_bessel), ("04.score_function", sf_hidden_in_vmap),
+    ("04.score_function", sf_exact_from_the_frames),
     ("04.reparam", rg_n_minus_one), ("04.reparam", rg_sum_over_n_minus_1),
     ("04.baseline", bl_global_mean),
     ("04.variance", var_warm_up), ("04.variance", var_both_halves),
@@ -932,12 +939,6 @@ CH05_RIGHT = [
 # wrong answers that a check still accepts: known gaps, reported (the test fails the day a check rejects one,
 # so that it moves to the lists above)
 GAPS = [
-    pytest.param("03.elbo", elbo_hidden_in_vmap, marks=pytest.mark.xfail(strict=True, reason=(
-        "log_px_given_z evaluated inside torch.func: the recorder cannot copy wrapped tensors, so the sample count "
-        "and the noise are not tested, and the value test alone cannot see n_samples / 2 samples"))),
-    pytest.param("04.score_function", sf_exact_from_the_frames, marks=pytest.mark.xfail(strict=True, reason=(
-        "f evaluated inside torch.func is not recorded; only the z-test against the exact gradient runs, and the "
-        "exact gradient is reachable (the check's trial on the stack, or f.target.exact)"))),
     pytest.param("05.reparameterize", rz_sum_of_uniforms, marks=pytest.mark.xfail(strict=True, reason=(
         "Irwin-Hall noise (12 uniforms - 6) has kurtosis -0.1: a few thousand draws cannot tell it from normal"))),
     pytest.param("05.log_likelihood", ll_one_sample_short, marks=pytest.mark.xfail(strict=True, reason=(
@@ -972,6 +973,8 @@ def test_known_gaps(exercise_id, answer):
     ("05.reparameterize", rz_nan_gradient, ["gradient", "NaN"]),
     ("05.vae_loss", vl_nan_gradient, ["gradient", "NaN"]),
     ("03.elbo", elbo_half_the_samples, ["2000 samples per data point", "n_samples = 4000"]),
+    ("03.elbo", elbo_hidden_in_vmap, ["2000 samples per data point", "n_samples = 4000"]),   # recorded through vmap
+    ("04.score_function", sf_exact_from_the_frames, ["the same noise for every sample"]),
     ("03.iwae", iwae_one_more, ["9 samples per data point", "k = 8"]),
     ("05.log_likelihood", ll_reseeded, ["same noise at every call"]),
 ])

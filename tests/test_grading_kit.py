@@ -292,9 +292,54 @@ def test_recorder_records_what_the_answer_calls():
     rec.reset()
     assert rec.rows().numel() == 0
 
-    # inside torch.func the tensors cannot be copied: the recorder says so instead
-    torch.func.grad(lambda t: rec(t[None]).sum())(torch.randn(2))
-    assert rec.wrapped and rec.rows() is None
+
+def test_recorder_unwraps_calls_made_inside_torch_func():
+    rec = Recorder(lambda z, *rest: (z**2).sum(), name="f")
+    x = torch.randn(4, 5, 3)
+    c = torch.ones(2)
+    g = torch.func.grad(lambda t: rec(t, c))(x[0, 0])           # grad-tracked: peeled to its value
+    assert torch.allclose(g, 2 * x[0, 0]) and not rec.wrapped
+    (z, c_copy), = (call.args for call in rec.calls)
+    assert torch.equal(z, x[0, 0]) and torch.equal(c_copy, c) and rec.calls[0].requires_grad == (True, False)
+    assert not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (z, c_copy))   # plain copies
+
+    rec.reset()                                                  # vmap over samples: the whole batch at once,
+    torch.func.vmap(rec)(x[0])                                   # as if f had been called on it
+    torch.func.vmap(rec, in_dims=1)(x[1].T)                      # the batch dimension moved to the front
+    torch.func.vmap(rec)(x[0])                                   # the same batch again: counts once
+    assert torch.equal(rec.rows(), torch.cat([x[0], x[1]]).double()) and not rec.wrapped
+    del rec.calls[-1]
+    torch.func.vmap(torch.func.vmap(rec))(x)                     # nested: outer batch, then inner batch
+    torch.func.vmap(torch.func.vmap(rec), in_dims=1)(x)          # the outer vmap over dim 1
+    shapes = [tuple(call.args[0].shape) for call in rec.calls]
+    assert shapes == [(5, 3), (5, 3), (4, 5, 3), (5, 4, 3)]
+    wanted = [x[0], x[1], x, x.transpose(0, 1)]
+    assert all(torch.equal(call.args[0], want) for call, want in zip(rec.calls, wanted, strict=True))
+
+    rec.reset()                                                  # vmap of grad, and a graph under the batch
+    torch.func.vmap(torch.func.grad(rec))(x[0])
+    torch.func.vmap(rec)(x[0].clone().requires_grad_() * 1)
+    torch.func.jacfwd(rec)(x[0, :1])
+    assert [call.requires_grad for call in rec.calls] == [(True,)] * 3
+    assert torch.equal(rec.rows(dedupe=False), torch.cat([x[0], x[0], x[0, :1]]).double())
+
+
+def test_recorder_falls_back_when_it_cannot_unwrap(monkeypatch):
+    rec = Recorder(lambda z: (z**2).sum(), name="f")
+    torch.func.functionalize(rec)(torch.randn(3))                # a wrapper the helper does not know
+    assert rec.wrapped and rec.rows() is None and not rec.calls
+
+    def broken(t):
+        raise AttributeError("the private functorch API changed")
+
+    monkeypatch.setattr(kit, "_unwrap_functorch", broken)
+    rec = Recorder(lambda z: (z**2).sum(), name="f")
+    rec(torch.ones(3, 2))                                        # plain tensors are still recorded
+    assert rec.rows().shape == (3, 2) and not rec.wrapped
+    assert torch.func.grad(rec)(torch.ones(2)).tolist() == [2.0, 2.0]    # the call itself still goes through
+    assert rec.wrapped and rec.rows() is None and len(rec.calls) == 1
+    rec.reset()
+    assert not rec.wrapped and rec.rows().numel() == 0
 
 
 def test_recorder_on_a_module_keeps_the_module():

@@ -831,8 +831,40 @@ def mirrored_rows(u: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-6, fr
 def _functorch_wrapped(t: torch.Tensor) -> bool:
     try:
         return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-    except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+    except (AttributeError, RuntimeError):  # pragma: no cover - another torch
         return False
+
+
+def _unwrap_functorch(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A detached CPU copy of the plain tensor under every ``torch.func`` wrapper of ``t``, and whether one of the
+    wrappers tracked gradients (``grad``, ``jacrev``, ``jvp``, ...).
+
+    Why: an answer that evaluates a recorded function inside a transform hands it wrapped tensors, which cannot be
+    copied; unrecorded, its samples would go untested. Each vmap level's batch dimension is kept and moved to the
+    front (outer levels first), so a ``vmap`` over samples records them all at once, as if the function had been
+    called on the whole batch; a gradient-tracking wrapper is peeled to its value. The permutation and the copy run
+    with functorch disabled, so that no transform wraps the copy. This reads the *private* ``torch._C._functorch``
+    API (as of torch 2.13): it raises on anything unexpected, and :class:`Recorder` then falls back to not
+    recording the call."""
+    ft = torch._C._functorch
+    labels = list(range(t.dim()))           # per dim of the current tensor: a logical dim (>= 0) or -(vmap level)
+    tracked = False
+    while ft.is_functorch_wrapped_tensor(t):
+        if ft.is_batchedtensor(t):
+            bdim, level = ft.maybe_get_bdim(t), ft.maybe_get_level(t)
+            if not 0 <= bdim <= len(labels) or level < 1:
+                raise RuntimeError(f"unexpected BatchedTensor (bdim {bdim}, level {level})")
+            labels.insert(bdim, -level)
+        elif ft.is_gradtrackingtensor(t):
+            tracked = True
+        else:                                # e.g. a functionalized tensor
+            raise RuntimeError("unknown functorch wrapper")
+        t = ft.get_unwrapped(t)
+    if t.dim() != len(labels):
+        raise RuntimeError(f"unwrapped to {t.dim()} dims, expected {len(labels)}")
+    order = sorted(range(len(labels)), key=lambda i: (labels[i] >= 0, abs(labels[i])))  # vmap levels, outer first
+    with torch._C._DisableFuncTorch():
+        return t.detach().permute(order).cpu().clone(), tracked or t.requires_grad
 
 
 @dataclass
@@ -850,8 +882,10 @@ class Recorder:
 
     ``Recorder(f)`` wraps a callable; ``Recorder.on_module(module)`` records the inputs of a module's
     ``forward`` (the module itself is handed to the answer, so it stays an ``nn.Module``). ``calls`` lists
-    the :class:`Call` s; ``wrapped`` is True when a call came from inside a ``torch.func`` transform
-    (those tensors cannot be copied, so they are not recorded). ``rows(arg)`` stacks one argument's rows.
+    the :class:`Call` s. A call from inside a ``torch.func`` transform is recorded unwrapped (see
+    :func:`_unwrap_functorch`: a ``vmap`` over samples records the whole batch, a gradient-tracking argument counts
+    as requiring grad); ``wrapped`` is True when such a call could not be unwrapped, and so was not recorded.
+    ``rows(arg)`` stacks one argument's rows.
     """
 
     def __init__(self, target: Callable, *, name: str | None = None):
@@ -881,21 +915,28 @@ class Recorder:
         self.calls, self.wrapped = [], False
 
     def record(self, args: tuple, kwargs: dict) -> None:
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        if any(_functorch_wrapped(t) for t in tensors):
+        def copy(a):
+            if not isinstance(a, torch.Tensor):
+                return a, False
+            try:
+                return _unwrap_functorch(a)
+            except Exception:                # the private functorch API changed, or a wrapper it does not know
+                if _functorch_wrapped(a):
+                    raise
+                return a.detach().cpu().clone(), a.requires_grad     # a plain tensor is copied all the same
+
+        try:
+            copies = [copy(a) for a in args]
+            kwargs_copy = {k: copy(v)[0] for k, v in kwargs.items()}
+        except Exception:                    # a wrapped tensor that cannot be unwrapped: this call goes unrecorded
             self.wrapped = True
             return
-
-        def copy(a):
-            return a.detach().cpu().clone() if isinstance(a, torch.Tensor) else a
-
-        self.calls.append(Call(tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()},
-                               tuple(isinstance(a, torch.Tensor) and a.requires_grad for a in args)))
+        self.calls.append(Call(tuple(c for c, _ in copies), kwargs_copy, tuple(grad for _, grad in copies)))
 
     def rows(self, arg: int | str = 0, *, dedupe: bool = True) -> torch.Tensor | None:
         """Argument ``arg`` (a position or a keyword) of every call, as float64 rows ``(total, ...)``
         concatenated along dim 0 (a batch passed twice, identically, counts once with ``dedupe``); None
-        when a call was made inside a ``torch.func`` transform; ``(0,)`` when there were no calls."""
+        when a call could not be recorded (``wrapped``); ``(0,)`` when there were no calls."""
         if self.wrapped:
             return None
         seen, out = set(), []

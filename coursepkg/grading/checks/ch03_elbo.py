@@ -87,10 +87,48 @@ def _samples_problem(case: Case, N: int, Dx: int, Dz: int):
     return model, case.rounded(model.sample(N, generator=case.gen).x)
 
 
-def _q_noise(rec: Recorder, mu: torch.Tensor, logvar: torch.Tensor, *, by_point: bool) -> torch.Tensor | None:
+def _z_by_point(rec: Recorder, x: torch.Tensor, Dz: int) -> torch.Tensor | None:
+    """The samples z the answer passed, ``(S, N, Dz)``, when its calls each covered only some of the N data
+    points (a loop over the points, a vmap over them): each call's rows of x are matched to the check's x
+    (identical rows, copies of one point, are filled in turn) and its z columns go to those points. None when
+    a call's x or z cannot be read that way, or the points did not all get the same number of samples."""
+    x = x.detach().to("cpu", F64)
+    distinct, group = torch.unique(x, dim=0, return_inverse=True)             # copies of a point: one group
+    members = [torch.nonzero(group == g).flatten().tolist() for g in range(len(distinct))]
+    turn = [0] * len(distinct)
+    samples: list[list[torch.Tensor]] = [[] for _ in range(x.shape[0])]
+    pairs = []
+    for c in rec.calls:
+        xc, zc = (c.args + (None, None))[:2]
+        if isinstance(xc, torch.Tensor) and isinstance(zc, torch.Tensor) and xc.dim() == 3 and zc.dim() >= 3 \
+                and zc.shape[0] == xc.shape[0]:
+            pairs += zip(xc, zc, strict=True)  # under vmap over the points: the recorder put that dimension first
+        else:
+            pairs.append((xc, zc))
+    for xc, zc in pairs:
+        if not (isinstance(xc, torch.Tensor) and isinstance(zc, torch.Tensor)) or xc.dim() != 2 \
+                or zc.dim() < 2 or tuple(zc.shape[-2:]) != (xc.shape[0], Dz):
+            return None
+        zc = zc.to(F64).reshape(-1, xc.shape[0], Dz)
+        which = (xc.to(F64)[:, None, :] == distinct[None]).all(-1)            # (n_c, groups)
+        for j in range(xc.shape[0]):
+            g = torch.nonzero(which[j]).flatten().tolist()
+            if not g:
+                return None
+            g = g[0]
+            samples[members[g][turn[g] % len(members[g])]].append(zc[:, j])
+            turn[g] += 1
+    counts = {sum(len(t) for t in s) for s in samples}
+    if len(counts) != 1 or 0 in counts:
+        return None
+    return torch.stack([torch.cat(s) for s in samples], dim=1)
+
+
+def _q_noise(rec: Recorder, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *,
+             by_point: bool) -> torch.Tensor | None:
     """The noise ``(z - mu) / exp(logvar / 2)`` of the samples ``z`` the answer passed to ``rec``, for q =
     N(mu, diag exp(logvar)) (float64, ``(N, Dz)``), one row per sample (``by_point``: one row per data point,
-    the samples side by side); None when nothing could be recorded (no call, or calls inside ``torch.func``).
+    the samples side by side); None when nothing could be recorded (no call, or a call the recorder could not unwrap).
     No noise at all, or noise shared by the data points, fails here, before the value is judged (the other
     tests of the noise, :func:`_require_q_draws`, assume q's mean and scale: they come after the value)."""
     z = rec.rows(1)
@@ -99,6 +137,12 @@ def _q_noise(rec: Recorder, mu: torch.Tensor, logvar: torch.Tensor, *, by_point:
     if z is None or z.numel() == 0:
         return None
     N, Dz = mu.shape
+    partial = any(isinstance(a := (c.args + (None, None))[1], torch.Tensor) and a.dim() >= 2 and a.shape[-2] != N
+                  for c in rec.calls)
+    if partial:  # the answer went through the points a few at a time: put its samples back in place
+        z = _z_by_point(rec, x, Dz)
+        if z is None:
+            return None
     u = (z.reshape(-1, N, Dz) - mu) / torch.exp(0.5 * logvar)                      # (S, N, Dz)
     if u.numel() > 1 and close(u, u.reshape(-1)[:1].expand_as(u), 1e-4, 1e-5):
         raise Mistake(*RANDOM_MESSAGES["constant"])
@@ -298,7 +342,7 @@ def check_elbo(answer):
         got = call(f, xc, rec, muc, lvc, S)                        # the answer first: nothing expected exists yet
         require_like(got, (N,), dtype=case.dtype, device=case.device, what="your ELBO", inputs=inputs,
                      shape_hints=_elbo_shape_hints(S, N, Dz))
-        u = _q_noise(rec, mu, logvar, by_point=False)
+        u = _q_noise(rec, xc, mu, logvar, by_point=False)
         _judge_elbo(got.detach().double().cpu(), case, model, x, mu, logvar, inputs)
         noise_tested += _require_q_draws(u, rec, inputs, samples=S, name="n_samples", by_point=False, Dz=Dz)
         if i == 0:
@@ -452,7 +496,7 @@ def check_iwae(answer):
         with torch.random.fork_rng(devices=[]):                      # the reference's noise: not the answer's
             torch.manual_seed(3390 + i)
             ref = iwae_bound(x, model.log_joint, diag_gaussian(mu, logvar.exp()), k, n_estimates=R)
-        u = _q_noise(rec, mu.repeat(R, 1), logvar.repeat(R, 1), by_point=True)
+        u = _q_noise(rec, xc, mu.repeat(R, 1), logvar.repeat(R, 1), by_point=True)
         judge_iwae(got, case, inputs, model, x, mu, logvar, k, R, ref.estimate, ref.stderr, is_far, what="bound",
                    recipe=f"with k={k}, the bound is log (1/k) sum_i exp(log p(x, z_i) - log q(z_i | x)) "
                           "for k reparameterized samples z_i from q")

@@ -19,9 +19,11 @@ check expects exists yet), then:
    exact value, so the failure names it;
 3. the estimate must lie within 5 standard errors of the exact gradient of ``E[f]``, known in closed form.
 
-An answer that evaluates ``f`` inside a ``torch.func`` transform cannot be recorded: only its structure, its
-freshness and test 3 run for it. ``04.variance`` hands the answer a recorded estimator; ``04.gumbel_softmax``
-takes the uniform noise as an input, so it is a deterministic :func:`~coursepkg.grading.kit.function_check`.
+An answer that evaluates ``f`` inside a ``torch.func`` transform is recorded unwrapped (a ``vmap`` over the
+samples as one batch); where the :class:`~coursepkg.grading.kit.Recorder` cannot unwrap a call, only its
+structure, its freshness and test 3 run for it. ``04.variance`` hands the answer a recorded estimator;
+``04.gumbel_softmax`` takes the uniform noise as an input, so it is a deterministic
+:func:`~coursepkg.grading.kit.function_check`.
 """
 
 from __future__ import annotations
@@ -214,11 +216,13 @@ SAMPLE_MESSAGES = {
 
 
 def _samples(f: Recorder, n: int) -> torch.Tensor | None:
-    """The samples ``(n, D)`` (float64) the answer evaluated ``f`` on, a batch evaluated twice counted once; None
-    when ``f`` ran inside a ``torch.func`` transform."""
+    """The samples ``(n, D)`` (float64) the answer evaluated ``f`` on, a batch evaluated twice counted once (a
+    ``vmap`` of ``f(z[None])`` over the samples is recorded as ``(n, 1, D)``: one row each); None when a call of
+    ``f`` could not be recorded."""
     z = f.rows(0)
     if z is None:
         return None
+    z = z.reshape(-1, z.shape[-1]) if z.dim() > 2 else z
     total = z.shape[0]
     if total == 0:
         raise CheckFailure("your function never evaluated f: draw the samples z, shape (n_samples, D), and "
@@ -397,7 +401,8 @@ def _estimator_check(answer, *, seed: int, shapes, step: bool, terms_fn, mistake
     on = f"on {n} random Gaussians" if recorded == n else f"on {recorded} of {n} random Gaussians"
     own = (f"its samples look like independent draws of N(mu, sigma^2), fresh at every call, and it matches the "
            f"estimator on those samples, {on}" if recorded else
-           f"fresh at every call, on {n} random Gaussians (f ran inside torch.func, so its samples were not tested)")
+           f"fresh at every call, on {n} random Gaussians (f ran inside a torch.func transform the check could not "
+           "unwrap, so its samples were not tested)")
     return (f"{own}; within {N_SIGMA:g} standard errors of the exact gradient on the {ztested} with n_samples >= "
             f"{ZTEST_MIN_N}")
 
@@ -479,7 +484,8 @@ def _path_mistakes(trial: Trial, z: torch.Tensor):
 
 
 def _detached(f: Recorder) -> bool:
-    """Whether ``f`` was called, outside ``torch.func``, only on samples that did not require grad."""
+    """Whether ``f`` was called, every call recorded, only on samples that neither required grad nor were tracked
+    by a ``torch.func`` gradient transform."""
     return bool(f.calls) and not f.wrapped and not any(c.requires_grad[:1] == (True,) for c in f.calls)
 
 
