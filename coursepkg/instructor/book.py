@@ -10,7 +10,8 @@ build that follows finds every chapter cached and only renders. The test suite u
 each chapter once, in parallel with the other tests, and the book build reuses the result.
 
 Each kernel gets one intra-op thread (``OMP_NUM_THREADS=1``) when several run at once: on a
-two-core machine two kernels with two threads each are slower than two with one.
+two-core machine two kernels with two threads each are slower than two with one. The kernels are
+driven by threads of one process, whose port cache keeps their ports apart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import fcntl
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +108,6 @@ def execute_chapter(path: str | Path, *, root: str | Path = ".", timeout: int | 
     return ChapterRun(path, seconds, False)
 
 
-def _run_one(args: tuple[str, str, bool, bool]) -> ChapterRun:
-    path, root, force, one_thread = args
-    if one_thread:
-        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernel this process starts
-    return execute_chapter(path, root=root, force=force)
-
-
 def execute_book(root: str | Path = ".", *, jobs: int = 2, force: bool = False,
                  names: list[str] | None = None) -> list[ChapterRun]:
     """Execute every chapter (or those whose file stem is in ``names``) with ``jobs`` kernels at once."""
@@ -127,8 +121,18 @@ def execute_book(root: str | Path = ".", *, jobs: int = 2, force: bool = False,
         paths = [p for p in paths if p.stem in names]
     # the later chapters train networks and run longest: starting them first leaves a short one to finish last
     paths = paths[::-1]
-    args = [(str(p), str(Path(root).resolve()), force, jobs > 1) for p in paths]
+    root = Path(root).resolve()
     if jobs == 1 or len(paths) <= 1:
-        return [_run_one(a) for a in args]
-    with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
-        return list(pool.map(_run_one, args))
+        return [execute_chapter(p, root=root, force=force) for p in paths]
+    # threads of one process, each driving its own kernel: jupyter_client's port cache then keeps their ports
+    # apart (kernels started by separate processes at the same moment can be handed the same port)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels
+    try:
+        with ThreadPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
+            return list(pool.map(lambda p: execute_chapter(p, root=root, force=force), paths))
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
