@@ -10,16 +10,12 @@ Under pytest-xdist (``make test`` runs ``pytest -n 2 --dist loadscope --no-loads
   tests), so that the run does not end with one worker busy on a long unit and the other idle;
 - each worker process, and every kernel it starts, uses one intra-op thread: two workers with two
   threads each on a two-core machine only contend;
-- each worker gives its kernels ports from a block of its own. jupyter_client picks a kernel's ports by
-  binding port 0 and closing it, so two processes starting kernels at the same moment can be handed the
-  same port, and one kernel dies with "Address already in use" (jupyter_client issue 487; its port cache
-  only protects the kernels of one process). Blocks below Linux's ephemeral range (32768 and up) are
-  never handed out by that binding, and no two workers share one.
+- each worker gives its kernels ports from a block of its own
+  (:func:`coursepkg.instructor.book.kernel_ports_from_block`): otherwise kernels started at the same
+  moment by two workers can be handed the same port (jupyter_client issue 487).
 """
 
-import itertools
 import os
-import socket
 
 import pytest
 
@@ -28,31 +24,12 @@ os.environ["COURSEPKG_DEVICE"] = "cpu"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
 
-def _kernel_ports_from_own_block(worker: int, size: int = 3000) -> None:
-    from jupyter_client.connect import LocalPortCache
-
-    start = 20_000 + size * (worker % 4)
-    candidates = itertools.cycle(range(start, start + size))
-
-    def find_available_port(self, ip: str) -> int:
-        for port in candidates:
-            if port in self.currently_used_ports:
-                continue
-            with socket.socket() as probe:
-                try:
-                    probe.bind((ip, port))
-                except OSError:
-                    continue
-            self.currently_used_ports.add(port)
-            return port
-        raise RuntimeError("unreachable: the port candidates cycle forever")
-
-    LocalPortCache.find_available_port = find_available_port
-
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
-    _kernel_ports_from_own_block(int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")))
+    from coursepkg.instructor.book import kernel_ports_from_block
+
+    # blocks 10 and up: execute-book gives blocks 0, 1, ... to its chapters (tests run it too)
+    kernel_ports_from_block(10 + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")))
 
 SPREAD = {"tests/test_exercises.py"}
 

@@ -10,17 +10,20 @@ build that follows finds every chapter cached and only renders. The test suite u
 each chapter once, in parallel with the other tests, and the book build reuses the result.
 
 Each kernel gets one intra-op thread (``OMP_NUM_THREADS=1``) when several run at once: on a
-two-core machine two kernels with two threads each are slower than two with one. The kernels are
-driven by threads of one process, whose port cache keeps their ports apart.
+two-core machine two kernels with two threads each are slower than two with one. Each chapter runs in
+a process of its own that takes its kernel's ports from a block of its own
+(:func:`kernel_ports_from_block`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import re
+import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,36 @@ def cache_path(root: str | Path = ".") -> Path:
 def chapters(root: str | Path = ".") -> list[Path]:
     """The chapter notebooks the build executes: ``book/*.ipynb``."""
     return sorted((Path(root).resolve() / "book").glob("*.ipynb"))
+
+
+def kernel_ports_from_block(index: int, size: int = 1000) -> None:
+    """Make the kernels this process starts take their ports from block ``index`` (``20000 + index * size``
+    and up, cycling; 12 blocks of 1000 fit), below Linux's ephemeral range (32768 and up). The chapters of
+    :func:`execute_book` take blocks 0, 1, ...; the test suite's workers take 10 and 11.
+
+    jupyter_client picks a kernel's ports by binding port 0 and closing it, so two processes that start
+    kernels at the same moment can be handed the same port, and one kernel dies with "Address already in
+    use" (jupyter_client issue 487; its port cache protects only the kernels of one process). Processes
+    given different blocks never collide, with each other or with ports the system hands out."""
+    from jupyter_client.connect import LocalPortCache
+
+    start = 20_000 + size * (index % (12_000 // size))
+    candidates = itertools.cycle(range(start, start + size))
+
+    def find_available_port(self, ip: str) -> int:
+        for port in candidates:
+            if port in self.currently_used_ports:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind((ip, port))
+                except OSError:
+                    continue
+            self.currently_used_ports.add(port)
+            return port
+        raise RuntimeError("unreachable: the candidates cycle forever")
+
+    LocalPortCache.find_available_port = find_available_port
 
 
 @contextmanager
@@ -124,15 +157,13 @@ def execute_book(root: str | Path = ".", *, jobs: int = 2, force: bool = False,
     root = Path(root).resolve()
     if jobs == 1 or len(paths) <= 1:
         return [execute_chapter(p, root=root, force=force) for p in paths]
-    # threads of one process, each driving its own kernel: jupyter_client's port cache then keeps their ports
-    # apart (kernels started by separate processes at the same moment can be handed the same port)
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels
-    try:
-        with ThreadPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
-            return list(pool.map(lambda p: execute_chapter(p, root=root, force=force), paths))
-    finally:
-        if threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
+    with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
+        return list(pool.map(_run_in_worker, [(str(p), str(root), force, i) for i, p in enumerate(paths)]))
+
+
+def _run_in_worker(args: tuple[str, str, bool, int]) -> ChapterRun:
+    """One chapter in a pool process: one intra-op thread for its kernel, and a port block of its own."""
+    path, root, force, index = args
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernel this process starts
+    kernel_ports_from_block(index)
+    return execute_chapter(path, root=root, force=force)
