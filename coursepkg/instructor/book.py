@@ -5,9 +5,9 @@ after the other, and stores the result in its jupyter-cache (``_build/.jupyter_c
 chapter that trains networks takes minutes, so ten of them in a row dominate the build. This module
 executes the chapters the same way the build would (same notebook, same working folder, same
 timeout, errors fatal) in ``jobs`` kernels at once and stores each result in that same cache; the
-build that follows finds every chapter cached and only renders. The test suite uses
-:func:`execute_chapter` as its "every chapter runs top to bottom" test, so ``make test`` executes
-each chapter once, in parallel with the other tests, and the book build reuses the result.
+build that follows finds every chapter cached and only renders (``make chapters book``). It is not
+part of ``make book`` or ``make test``: in two CI runs one chapter's execution hung, nbclient waiting
+for a message from an idle kernel, which the build's own serial execution has never shown.
 
 Each kernel gets one intra-op thread (``OMP_NUM_THREADS=1``) when several run at once: on a
 two-core machine two kernels with two threads each are slower than two with one. Each chapter runs in
