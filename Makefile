@@ -38,11 +38,11 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
 unit: $(STAMP)
-	$(VENV)/bin/ruff check coursepkg tests benchmarks conftest.py
+	$(VENV)/bin/ruff check coursepkg tests benchmarks conftest.py _ext tools
 	$(PY) -m pytest -m "not slow" -n $(JOBS) --dist loadscope --no-loadscope-reorder tests
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check coursepkg tests benchmarks conftest.py
+	$(VENV)/bin/ruff check coursepkg tests benchmarks conftest.py _ext tools
 	$(PY) -m pytest -n $(JOBS) --dist loadscope --no-loadscope-reorder
 	$(MAKE) --no-print-directory book
 

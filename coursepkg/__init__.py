@@ -16,6 +16,7 @@ What the chapters share:
 - :mod:`coursepkg.models`      the models' one vocabulary (Protocols): log_likelihood(x) = log p(x), Sample(x, z)
 - :mod:`coursepkg.config`      device, profile (quick/full), seeding, the notebook ``setup()`` line
 - :mod:`coursepkg.nn`          the small networks (MLP, conv encoder and decoder, autoregressive decoder)
+- :mod:`coursepkg.plotting`    the figure style (sizes that fit the text column) and shared plots
 - :mod:`coursepkg.train`       the one training loop: progress bar, history, checkpoint and exact resume
 - :mod:`coursepkg.data`        the data sets: 2-D toys, digits, procedural shapes, MNIST files (download on request)
 - :mod:`coursepkg._validate`   argument checking (one error policy, one ``seed=None`` rule)

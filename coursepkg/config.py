@@ -87,7 +87,8 @@ def describe() -> str:
 
 
 def setup(seed: int | None = 0, *, verbose: bool = True) -> None:
-    """Call once in a notebook's first code cell: seeds everything, sets plot defaults, prints one line.
+    """Call once in a notebook's first code cell: seeds everything, sets the course's figure style, makes
+    an unfinished exercise fail in one line (:mod:`coursepkg.grading.unfinished`), prints one line.
 
     Returns nothing (so that the cell shows only that line); use :func:`device` and :func:`profile`
     for the values.
@@ -95,14 +96,14 @@ def setup(seed: int | None = 0, *, verbose: bool = True) -> None:
     dev, prof = device(), profile()
     if seed is not None:
         seed_everything(seed)
-    try:  # plots: readable defaults, PNG output (nbval ignores PNG; SVG would always differ)
-        import matplotlib
+    try:  # the course's figure style: sizes that fit the text column, PNG output (nbval ignores PNG)
+        from coursepkg.plotting import use_style
 
-        matplotlib.rcParams.update(
-            {"figure.dpi": 100, "savefig.dpi": 100, "axes.grid": True, "grid.alpha": 0.3,
-             "figure.figsize": (6.4, 4.0), "axes.spines.top": False, "axes.spines.right": False}
-        )
+        use_style()
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         pass
+    from coursepkg.grading import unfinished
+
+    unfinished.install()  # in a notebook: an exercise not written yet is one line, not a traceback
     if verbose:
         print(f"coursepkg: device={dev.type}, profile={prof}")

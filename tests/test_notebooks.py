@@ -226,3 +226,38 @@ def test_every_notebook_is_in_the_table_of_contents():
     for folder in ("book", "exercises", "solutions"):
         for path in sorted((ROOT / folder).glob("*.ipynb")):
             assert f"file: {folder}/{path.stem}\n" in toc, f"{folder}/{path.name} is not in _toc.yml"
+
+
+def test_solutions_title_becomes_exercises_title(tmp_path):
+    cells = _solution_cells()
+    cells[0] = nbformat.v4.new_markdown_cell("# Solutions 01: the demo\n\nSolutions are not the topic here.")
+    root = _mini_repo(tmp_path, cells)
+    generate_exercises(root)
+    nb = _read(root / "exercises" / "01_demo.ipynb")
+    titles = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# ")]
+    assert titles == ["# Exercises 01: the demo\n\nSolutions are not the topic here."]
+
+
+def test_every_solution_and_exercise_is_titled_by_its_part():
+    for folder, word in (("solutions", "Solutions"), ("exercises", "Exercises")):
+        for path in sorted((ROOT / folder).glob("[0-9][0-9]_*.ipynb")):
+            nb = _read(path)
+            title = next(c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# "))
+            assert title.startswith(f"# {word} {path.name[:2]}: "), f"{path.name}: {title.splitlines()[0]!r}"
+
+
+def test_install_cell_that_cannot_install_says_what_it_tried_and_what_to_do(tmp_path):
+    from coursepkg.instructor.generator import Repository
+
+    missing = tmp_path / "no-such-repository"
+    source = install_cell_source(Repository(f"file://{missing}", "main"))
+    script = tmp_path / "install_cell.py"
+    script.write_text(source)
+    # -S: no site-packages, so coursepkg is "missing" and the cell runs pip, which cannot clone the URL
+    run = subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()
+    assert "CalledProcessError" not in run.stderr
+    assert any(line.startswith("RuntimeError: could not install the course package") for line in last)
+    assert str(missing) in run.stderr  # what was tried
+    assert "Install it by hand" in last[-1] and "pip install -e ." in last[-1]

@@ -43,6 +43,9 @@ STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 MD_STUB = "*YOUR ANSWER HERE*"
 INSTALL_MARKER = "# coursepkg install cell"
 SOLUTION_ONLY_TAG = "solution-only"
+# a solution notebook is titled "# Solutions NN: topic" (so that the book's Solutions part does not
+# repeat the Exercises part's titles); its exercise is titled "# Exercises NN: topic"
+TITLE_RE = re.compile(r"^#\s+Solutions\b", re.M)
 ANSWER, LOCKED = "answer", "locked"  # the roles of exercise cells, in their metadata (see cell_role)
 INSTALL_KEY = "install-coursepkg"
 NOTEBOOK_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
@@ -90,14 +93,27 @@ def repository(root: str | Path = ".") -> Repository:
 
 
 def install_cell_source(repo: Repository) -> str:
-    """The source of the first code cell of every notebook."""
+    """The source of the first code cell of every notebook.
+
+    When ``coursepkg`` is missing it runs pip; if pip fails (no network, a repository URL that is not
+    reachable), it stops with a message that names what it tried, pip's last lines, and how to
+    install the package by hand, instead of a bare ``CalledProcessError``.
+    """
     return "\n".join([
         f"{INSTALL_MARKER} (generated from _config.yml by `python -m coursepkg install-cells`)",
         "# Installs the course package when it is missing (on Colab, for example); does nothing otherwise.",
         "import importlib.util, subprocess, sys",
         "if importlib.util.find_spec(\"coursepkg\") is None:",
-        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"--quiet\", \"{repo.pip_requirement}\"], "
-        "check=True)",
+        f"    requirement = \"{repo.pip_requirement}\"",
+        "    pip = subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"--quiet\", requirement],",
+        "                         capture_output=True, text=True)",
+        "    if pip.returncode != 0:",
+        "        raise RuntimeError(",
+        "            f\"could not install the course package: pip install '{requirement}' failed:\\n\"",
+        "            + \"\\n\".join((pip.stderr or pip.stdout).strip().splitlines()[-8:])",
+        "            + \"\\nInstall it by hand: download or clone the course repository, run \"",
+        "            \"`pip install -e .` in its folder (or `pip install <folder>`), restart the kernel \"",
+        "            \"and run this notebook again.\") from None",
     ])
 
 
@@ -197,7 +213,7 @@ def make_exercise(solution: nbformat.NotebookNode, repo: Repository, relpath: st
                   source_relpath: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from ``solution`` (which is not modified)."""
     nb = copy.deepcopy(solution)
-    cells, n_blocks = [], 0
+    cells, n_blocks, retitled = [], 0, False
     for i, cell in enumerate(nb.cells):
         where = f"{source_relpath}, cell {i}"
         if SOLUTION_ONLY_TAG in cell.metadata.get("tags", []):
@@ -214,6 +230,8 @@ def make_exercise(solution: nbformat.NotebookNode, repo: Repository, relpath: st
                 cell.metadata.pop(name, None)
             _mark(cell, ANSWER if blocks else LOCKED, key)
         elif cell.cell_type == "markdown":
+            if not retitled and cell.source.lstrip().startswith("# "):
+                cell.source, retitled = TITLE_RE.sub("# Exercises", cell.source, count=1), True
             blocks = cell.source.count(MD_BEGIN)
             n_blocks += blocks
             cell.source = _strip_markdown(cell.source, where)
