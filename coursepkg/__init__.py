@@ -7,6 +7,7 @@ The chapters' mathematics, one module per idea (chapters 06-10 add theirs beside
 
 - :mod:`coursepkg.probability` chapter 01: log-densities, KL divergences, Monte Carlo, Gaussian identities
 - :mod:`coursepkg.gmm`         chapter 02: Gaussian mixtures, the E and M steps, EM (faster than scikit-learn)
+- :mod:`coursepkg.chains`      chapter 02: a chain of latents (the diffusion forward process in miniature)
 - :mod:`coursepkg.elbo`        chapter 03: ELBO and IWAE estimators, an exact linear-Gaussian model, amortized inference
 - :mod:`coursepkg.estimators`  chapter 04: score-function and pathwise gradients, Gumbel-softmax, straight-through
 - :mod:`coursepkg.vae`         chapter 05: the variational autoencoder (loss, sampling, importance-weighted log p(x))

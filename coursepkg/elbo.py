@@ -10,8 +10,10 @@ For a latent variable model with joint ``log p(x, z)`` and any distribution ``q(
   exact Gaussian posterior, and a closed-form ELBO for any Gaussian ``q``, so every identity of the
   chapter can be checked to round-off;
 - :class:`GaussianEncoder` and :func:`inference_gaps` do amortized inference and split what it loses
-  into the approximation gap and the amortization gap (Eq. ``gap-split``). The encoder is trained by the
-  one training loop, :func:`coursepkg.train.fit`, on the negative ELBO::
+  into the approximation gap and the amortization gap (Eq. ``gap-split``); :func:`bottleneck_floor`
+  is the least amortization gap of an encoder that sees ``x`` through ``r`` linear features (Eq.
+  ``bottleneck-floor``), and :func:`optimal_bottleneck_encoder` the encoder that attains it. The
+  encoder is trained by the one training loop, :func:`coursepkg.train.fit`, on the negative ELBO::
 
       fit(encoder, x, lambda xb: -elbo(xb, model, encoder.q(xb), n_samples=4).estimate.mean(),
           steps=2_000, lr=1e-2, batch_size=256, device=x.device)
@@ -297,6 +299,48 @@ class GaussianEncoder(nn.Module):
         """``q(z | x)`` as a torch distribution with batch shape ``(N,)``."""
         mu, logvar = self(x)
         return td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+def bottleneck_floor(model: LinearGaussianModel, rank: int) -> torch.Tensor:
+    """The smallest mean amortization gap of an encoder whose mean sees ``x`` through ``rank`` linear
+    features, for data from the model (Eq. ``bottleneck-floor``): ``(1/2) sum_{i > rank} (lambda_i - 1)``
+    with ``lambda_1 >= ... >= lambda_Dz`` the eigenvalues of the posterior precision ``Lambda``.
+    A scalar tensor; zero for ``rank >= Dz``."""
+    if not isinstance(model, LinearGaussianModel):
+        raise TypeError(f"model must be a LinearGaussianModel, got {type(model).__name__}")
+    rank = V.positive_int("rank", rank)
+    eig = torch.linalg.eigvalsh(model.posterior_precision()).flip(0)          # lambda_1 >= ... >= lambda_Dz
+    return 0.5 * (eig[rank:] - 1).sum()
+
+
+def optimal_bottleneck_encoder(model: LinearGaussianModel, rank: int) -> GaussianEncoder:
+    """The rank-``rank`` affine encoder that attains :func:`bottleneck_floor` (the dropdown after
+    Eq. ``bottleneck-floor``): with ``L L^T = Lambda``, ``F = Lambda^-1 W^T Psi^-1`` and ``U_r`` the
+    ``rank`` leading eigenvectors of ``L^T L - I`` (the covariance of ``y = L^T mu(x)``), its mean is
+    ``L^-T U_r U_r^T L^T F (x - b)``, the projection of ``y`` on its leading principal components, and
+    its variances are the mean field's ``1 / Lambda_jj``. A :class:`GaussianEncoder` with
+    ``bottleneck=rank`` (features ``B x`` with ``B = U_r^T L^T F``), in the model's dtype."""
+    if not isinstance(model, LinearGaussianModel):
+        raise TypeError(f"model must be a LinearGaussianModel, got {type(model).__name__}")
+    rank = V.positive_int("rank", rank)
+    if rank > model.z_dim:
+        raise ValueError(f"rank={rank} must be at most the latent dimension Dz={model.z_dim}")
+    Lam = model.posterior_precision()
+    L = torch.linalg.cholesky(Lam)
+    F = torch.linalg.solve(Lam, model.W.T / model.noise_var)                  # posterior mean = F (x - b)
+    eigvecs = torch.linalg.eigh(L.T @ L - torch.eye(model.z_dim, dtype=L.dtype, device=L.device)).eigenvectors
+    U = eigvecs.flip(1)[:, :rank]                                              # (Dz, rank), leading first
+    B = U.T @ L.T @ F                                                          # (rank, Dx): the features
+    G = torch.linalg.solve_triangular(L.T, U, upper=True)                      # L^-T U_r, (Dz, rank)
+    encoder = GaussianEncoder(model.x_dim, model.z_dim, bottleneck=rank).to(model.W)
+    with torch.no_grad():
+        first, last = encoder.net[0], encoder.net[-1]
+        first.weight.copy_(B)
+        last.weight.zero_()
+        last.weight[: model.z_dim].copy_(G)
+        last.bias[: model.z_dim].copy_(-G @ (B @ model.b))
+        last.bias[model.z_dim:].copy_(-torch.log(torch.diagonal(Lam)))
+    return encoder
 
 
 class InferenceGaps(NamedTuple):

@@ -9,7 +9,10 @@ A mixture with K components in D dimensions is the generative story ``z ~ Cat(we
   ``log_px_given_z``, ``sample``), by calling the functions below;
 - :func:`joint_log_prob` ``log p(x, z=k)`` ``(N, K)``, :func:`log_likelihood` ``log p(x)`` ``(N,)``;
 - :func:`e_step` responsibilities ``(N, K)``, :func:`m_step` the closed-form update, :func:`elbo`;
-- :func:`fit` the EM loop, from a :class:`GMM` or a named initialisation (``"kmeans++"``, ``"random"``).
+- :func:`fit` the EM loop, from a :class:`GMM` or a named initialisation (``"kmeans++"``, ``"random"``);
+- what EM avoids, the naive Monte Carlo estimators that sample the latent from the prior:
+  :func:`naive_mc_likelihood` and :func:`naive_mc_grad_means` for a mixture, and
+  :func:`naive_mc_log_evidence` (with the effective sample size) for any latent variable model.
 
 Everything is computed stably: Cholesky factors instead of inverses and determinants, log-sum-exp
 instead of sums of exponentials. The E-step and the M-step are written as one matrix product per
@@ -29,6 +32,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from coursepkg import _validate as V
+from coursepkg import probability as P
 from coursepkg.models import Sample
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -432,6 +436,41 @@ def naive_mc_likelihood(x: torch.Tensor, gmm: GMM, n_samples: int, *,
     x, gmm, z, log_cond = _prior_samples(x, gmm, n_samples, generator)
     log_p_hat = torch.logsumexp(log_cond, dim=1) - math.log(n_samples)
     return torch.exp(log_p_hat), log_p_hat
+
+
+class NaiveEvidence(NamedTuple):
+    """What :func:`naive_mc_log_evidence` returns, one value per data point: ``log_p_hat (N,)``, the
+    log of the naive estimate ``p_hat_S(x_n)``, and ``ess (N,)``, the effective sample size of its
+    weights ``p(x_n | z_s)``."""
+
+    log_p_hat: torch.Tensor
+    ess: torch.Tensor
+
+
+def naive_mc_log_evidence(x: torch.Tensor, model, n_samples: int, *,
+                          generator: torch.Generator | None = None) -> NaiveEvidence:
+    """The naive Monte Carlo estimate of ``log p(x_n)`` for any latent variable model
+    (Eq. ``naive-mc-likelihood``): ``log p_hat_S(x_n) = log (1/S) sum_s p(x_n | z_s)``, ``z_s ~ p(z)``.
+
+    ``model`` speaks :class:`coursepkg.models.LatentVariableModel`: the ``S`` prior samples are the
+    latents of ``model.sample(S)`` (ancestral sampling draws ``z`` from the prior first), shared by all
+    the points, and ``model.log_px_given_z`` gives ``log p(x_n | z_s)``, ``(S, N)``. The average is a
+    log-mean-exp, computed stably. The weights ``w_s = p(x_n | z_s)`` are the importance weights of the
+    prior as proposal; their effective sample size ``(sum_s w_s)^2 / sum_s w_s^2``
+    (:func:`coursepkg.probability.effective_sample_size`) is about ``S / E[w^2] * p(x)^2`` for large ``S``
+    (Eq. ``naive-mc-relative-variance``) and tells how many samples the estimate really rests on.
+    ``p_hat_S`` is unbiased; its log is biased low (Eq. ``naive-mc-log-bias``).
+    """
+    for name in ("sample", "log_px_given_z"):
+        if not callable(getattr(model, name, None)):
+            raise TypeError(f"model must be a latent variable model with a {name}() method "
+                            f"(coursepkg.models.LatentVariableModel), got {type(model).__name__}")
+    S = V.positive_int("n_samples", n_samples)
+    V.tensor("x", x, min_dim=1, floating=True)
+    z = model.sample(S, generator=generator).z                                           # (S, ...) from p(z)
+    z = z.unsqueeze(1).expand(S, x.shape[0], *z.shape[1:])                               # (S, N, ...)
+    log_w = model.log_px_given_z(x, z)                                                   # (S, N)
+    return NaiveEvidence(P.log_mean_exp(log_w, dim=0), P.effective_sample_size(log_w, dim=0))
 
 
 def grad_log_likelihood_means(x: torch.Tensor, gmm: GMM) -> torch.Tensor:

@@ -257,6 +257,66 @@ def log_mean_exp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.logsumexp(a, dim) - math.log(a.shape[dim])
 
 
+def effective_sample_size(log_w: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    r"""Kish's effective sample size :math:`(\sum_s w_s)^2 / \sum_s w_s^2` of importance weights,
+    from their logarithms along ``dim`` (Eq. ``ess``): between 1 (one weight dominates) and ``S``
+    (equal weights). Computed from normalised weights, so any constant in ``log_w`` cancels."""
+    log_w = _tensor("log_w", log_w)
+    if log_w.dim() == 0:
+        raise ValueError("log_w must have a sample dimension; got a scalar")
+    if torch.isnan(log_w).any() or torch.isposinf(log_w).any():
+        raise ValueError("log_w holds NaN or +inf; importance weights must be finite (log 0 = -inf is allowed)")
+    w = torch.softmax(log_w, dim=dim)
+    return 1.0 / (w ** 2).sum(dim)
+
+
+def self_normalized_importance(f_values: torch.Tensor, log_w: torch.Tensor, dim: int = 0) -> MonteCarloEstimate:
+    r"""Self-normalised importance sampling estimate of an expectation, with its standard error (Eq. ``snis``).
+
+    .. math:: \hat f = \sum_{s=1}^S \bar w_s\, f(z_s),\qquad \bar w_s = \frac{w_s}{\sum_{s'} w_{s'}},\qquad
+              \operatorname{se}(\hat f) \approx \Big(\sum_{s=1}^S \bar w_s^2\,\big(f(z_s) - \hat f\big)^2\Big)^{1/2}
+
+    for samples :math:`z_s` of a proposal and unnormalised weights :math:`w_s` (target over proposal, known
+    up to a constant factor). ``f_values`` holds :math:`f(z_s)` with the ``S`` samples along ``dim``; ``log_w``
+    holds :math:`\log w_s`, either with shape ``(S,)`` (one weight per sample, shared by every value of
+    ``f``) or with a shape that broadcasts to ``f_values``. The weights are normalised with a softmax, so
+    any constant added to ``log_w`` cancels and nothing overflows. The standard error is the delta-method
+    approximation (Robert and Casella, 2004). Returns a :class:`MonteCarloEstimate` of shape
+    ``f_values.shape`` without ``dim``, with ``n = S``.
+    """
+    f = _tensor("f_values", f_values)
+    log_w = _tensor("log_w", log_w, like=f)
+    if f.dim() == 0 or log_w.dim() == 0:
+        raise ValueError("f_values and log_w must have a sample dimension; got a scalar")
+    if not -f.dim() <= dim < f.dim():
+        raise ValueError(f"dim={dim} is out of range for f_values of shape {list(f.shape)}")
+    dim = dim % f.dim()
+    n = f.shape[dim]
+    if n < 2:
+        raise ValueError(f"need at least 2 samples for a standard error, got {n}")
+    if log_w.dim() == 1 and f.dim() > 1:  # one weight per sample: put the samples along dim
+        if log_w.shape[0] != n:
+            raise ValueError(f"log_w has {log_w.shape[0]} weights but f_values has {n} samples along dim={dim}")
+        log_w = log_w.reshape([n if d == dim else 1 for d in range(f.dim())])
+    if log_w.dim() < f.dim():
+        log_w = log_w.reshape((1,) * (f.dim() - log_w.dim()) + tuple(log_w.shape))
+    try:
+        fits = torch.broadcast_shapes(log_w.shape, f.shape) == f.shape and log_w.shape[dim] == n
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"log_w of shape {list(log_w.shape)} does not give one weight per sample of f_values "
+                         f"of shape {list(f.shape)} (samples along dim={dim})")
+    if torch.isnan(log_w).any() or torch.isposinf(log_w).any():
+        raise ValueError("log_w holds NaN or +inf; importance weights must be finite (log 0 = -inf is allowed)")
+    if torch.isneginf(log_w).all(dim=dim).any():
+        raise ValueError("every weight is zero (log_w = -inf along dim): the estimate is undefined")
+    w = torch.softmax(log_w, dim=dim).expand(f.shape)
+    estimate = (w * f).sum(dim)
+    stderr = (w ** 2 * (f - estimate.unsqueeze(dim)) ** 2).sum(dim).sqrt()
+    return MonteCarloEstimate(estimate, stderr, n)
+
+
 # --------------------------------------------------------------------------------------------------
 # Gaussian identities
 # --------------------------------------------------------------------------------------------------

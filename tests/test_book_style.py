@@ -38,7 +38,7 @@ def test_every_reference_gets_a_unique_author_year_label():
     assert len(labels) == len(set(labels)) == len(bib.entries)
     for label in labels:
         assert re.fullmatch(r"[^\W\d][^,\\{}]*(?: and [^,\\{}]+| et al\.)?, \d{4}[a-z]?", label), label
-    by_key = dict(zip([e.key for e in entries], labels))
+    by_key = dict(zip([e.key for e in entries], labels, strict=True))
     assert by_key["bishop2006pattern"] == "Bishop, 2006"
     assert by_key["ho2020denoising"] == "Ho et al., 2020"
     assert by_key["kingma2014autoencoding"] == "Kingma and Welling, 2014"

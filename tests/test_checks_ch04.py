@@ -33,38 +33,42 @@ def noise(mu, n):
     return torch.randn(n, mu.shape[0], dtype=mu.dtype, device=mu.device)
 
 
-def sample(mu, log_sigma, n, *, std=torch.exp, shift=True, shared=False):
-    """z = mu + std(log_sigma) * eps, with switches for the sampling slips."""
+def half_exp(t):
+    return torch.exp(t / 2)
+
+
+def sample(mu, logvar, n, *, std=half_exp, shift=True, shared=False):
+    """z = mu + std(logvar) * eps, with switches for the sampling slips."""
     eps = torch.randn(1 if shared else n, mu.shape[0], dtype=mu.dtype, device=mu.device).expand(n, -1)
-    return (mu if shift else 0) + std(log_sigma) * eps
+    return (mu if shift else 0) + std(logvar) * eps
 
 
-def make_score(*, sample_fn=sample, score_mu=None, score_ls=None, weight=lambda fz, z: fz, reduce=lambda t: t.mean(0)):
+def make_score(*, sample_fn=sample, score_mu=None, score_lv=None, weight=lambda fz, z: fz, reduce=lambda t: t.mean(0)):
     """The score-function estimator with switches: ``score_*(z, mu, sigma)`` replace the scores,
     ``weight(fz, z)`` what multiplies them."""
-    def estimator(f, mu, log_sigma, n_samples):
+    def estimator(f, mu, logvar, n_samples):
         with torch.no_grad():
-            sigma = torch.exp(log_sigma)
-            z = sample_fn(mu, log_sigma, n_samples)
+            sigma = torch.exp(logvar / 2)
+            z = sample_fn(mu, logvar, n_samples)
             fz = f(z)
             s_mu = (z - mu) / sigma**2 if score_mu is None else score_mu(z, mu, sigma)
-            s_ls = (z - mu) ** 2 / sigma**2 - 1 if score_ls is None else score_ls(z, mu, sigma)
+            s_lv = ((z - mu) ** 2 / sigma**2 - 1) / 2 if score_lv is None else score_lv(z, mu, sigma)
             w = weight(fz, z)
             w = w[:, None] if w.dim() == 1 else w
-            return reduce(w * s_mu), reduce(w * s_ls)
+            return reduce(w * s_mu), reduce(w * s_lv)
     return estimator
 
 
 good_score = make_score()
 
 
-def good_reparam(f, mu, log_sigma, n_samples):
-    z = mu + torch.exp(log_sigma) * noise(mu, n_samples)
-    return torch.autograd.grad(f(z).mean(), (mu, log_sigma))
+def good_reparam(f, mu, logvar, n_samples):
+    z = mu + torch.exp(logvar / 2) * noise(mu, n_samples)
+    return torch.autograd.grad(f(z).mean(), (mu, logvar))
 
 
-def good_variance(estimator, f, mu, log_sigma, n_samples, n_repeats):
-    return torch.stack([estimator(f, mu, log_sigma, n_samples)[0] for _ in range(n_repeats)]).var(0)
+def good_variance(estimator, f, mu, logvar, n_samples, n_repeats):
+    return torch.stack([estimator(f, mu, logvar, n_samples)[0] for _ in range(n_repeats)]).var(0)
 
 
 def loo(fz):
@@ -83,22 +87,22 @@ def good_gumbel(logits, tau, u, hard=False):
 
 
 # the reference module, behind the exercises' signatures
-def gaussian(mu, log_sigma):
-    return td.Independent(td.Normal(mu, log_sigma.exp()), 1)
+def gaussian(mu, logvar):
+    return td.Independent(td.Normal(mu, (logvar / 2).exp()), 1)
 
 
-def ref_score(f, mu, log_sigma, n_samples, baseline=None):
-    est = E.score_function_grad(f, gaussian, [mu, log_sigma], n_samples, baseline=baseline)
+def ref_score(f, mu, logvar, n_samples, baseline=None):
+    est = E.score_function_grad(f, gaussian, [mu, logvar], n_samples, baseline=baseline)
     return est[0].grad, est[1].grad
 
 
-def ref_reparam(f, mu, log_sigma, n_samples):
-    est = E.reparam_grad(f, gaussian, [mu, log_sigma], n_samples)
+def ref_reparam(f, mu, logvar, n_samples):
+    est = E.reparam_grad(f, gaussian, [mu, logvar], n_samples)
     return est[0].grad, est[1].grad
 
 
-def ref_baseline(f, mu, log_sigma, n_samples):
-    return ref_score(f, mu, log_sigma, n_samples, baseline="mean")
+def ref_baseline(f, mu, logvar, n_samples):
+    return ref_score(f, mu, logvar, n_samples, baseline="mean")
 
 
 def ref_gumbel(logits, tau, u, hard=False):
@@ -122,14 +126,14 @@ def test_check_formulas_agree_with_coursepkg_estimators():
     """The checks' closed-form per-sample terms are what coursepkg.estimators computes with autograd."""
     case = Case(torch.Generator().manual_seed(0), torch.float64, torch.device("cpu"))
     trial = C.Trial(case, 50, 3, step=True)
-    mu, ls = trial.leaves()
+    mu, lv = trial.leaves()
     for estimator, terms_fn, kw in ((E.score_function_grad, C._score_terms, {}),
                                     (E.score_function_grad, C._baseline_terms, {"baseline": "mean"}),
                                     (E.reparam_grad, C._path_terms, {})):
         torch.manual_seed(1)
-        est = estimator(trial.f.value64, gaussian, [mu, ls], 50, **kw)
+        est = estimator(trial.f.value64, gaussian, [mu, lv], 50, **kw)
         torch.manual_seed(1)
-        d = gaussian(mu.detach(), ls.detach())
+        d = gaussian(mu.detach(), lv.detach())
         z = d.rsample((50,)) if estimator is E.reparam_grad else d.sample((50,))
         for e, t in zip(est, terms_fn(trial, z), strict=True):
             assert torch.allclose(e.per_sample, t, rtol=1e-10, atol=1e-12)
@@ -142,85 +146,86 @@ def test_check_formulas_agree_with_coursepkg_estimators():
 
 
 # ------------------------------------------------------------------------------- differently written answers
-def score_autograd(f, mu, log_sigma, n_samples):
+def score_autograd(f, mu, logvar, n_samples):
     """autograd on log_prob of a detached sample, with torch.distributions."""
-    q = td.Normal(mu, log_sigma.exp())
+    q = td.Normal(mu, (logvar / 2).exp())
     z = q.sample((n_samples,))                       # sample() is detached
     fz = f(z).detach()
     surrogate = (fz * q.log_prob(z).sum(-1)).mean()
-    return torch.autograd.grad(surrogate, (mu, log_sigma))
+    return torch.autograd.grad(surrogate, (mu, logvar))
 
 
-def score_loop(f, mu, log_sigma, n_samples):
+def score_loop(f, mu, logvar, n_samples):
     """one sample at a time, f evaluated on (1, D) rows."""
-    sigma = log_sigma.exp().detach()
+    sigma = (logvar / 2).exp().detach()
     g_mu, g_ls = torch.zeros_like(mu).detach(), torch.zeros_like(mu).detach()
     for _ in range(n_samples):
         z = (mu.detach() + sigma * torch.randn_like(sigma))[None]
         fz = f(z)[0]
         g_mu += fz * (z[0] - mu.detach()) / sigma**2
-        g_ls += fz * ((z[0] - mu.detach()) ** 2 / sigma**2 - 1)
+        g_ls += fz * ((z[0] - mu.detach()) ** 2 / sigma**2 - 1) / 2
     return g_mu / n_samples, g_ls / n_samples
 
 
-def score_eps(f, mu, log_sigma, n_samples):
+def score_eps(f, mu, logvar, n_samples):
     """the scores written with eps, f evaluated twice (the same batch counts once)."""
-    mu, sigma = mu.detach(), log_sigma.detach().exp()
+    mu, sigma = mu.detach(), (logvar.detach() / 2).exp()
     eps = torch.randn(n_samples, mu.numel(), dtype=mu.dtype)
     z = mu + sigma * eps
     f(z)
     fz = f(z)
-    return (fz[:, None] * eps / sigma).mean(0), (fz[:, None] * (eps**2 - 1)).mean(0)
+    return (fz[:, None] * eps / sigma).mean(0), (fz[:, None] * (eps**2 - 1) / 2).mean(0)
 
 
-def reparam_rsample(f, mu, log_sigma, n_samples):
-    z = td.Normal(mu, log_sigma.exp()).rsample((n_samples,))
+def reparam_rsample(f, mu, logvar, n_samples):
+    z = td.Normal(mu, (logvar / 2).exp()).rsample((n_samples,))
     loss = f(z).mean()
     loss.backward()
-    g = mu.grad.clone(), log_sigma.grad.clone()
-    mu.grad, log_sigma.grad = None, None             # .backward() is fine when the .grad are reset
+    g = mu.grad.clone(), logvar.grad.clone()
+    mu.grad, logvar.grad = None, None             # .backward() is fine when the .grad are reset
     return g
 
 
-def reparam_own_leaves(f, mu, log_sigma, n_samples):
+def reparam_own_leaves(f, mu, logvar, n_samples):
     """fresh leaves, and the chain rule by hand from the gradient with respect to z."""
-    mu, sigma = mu.detach(), log_sigma.detach().exp()
+    mu, sigma = mu.detach(), (logvar.detach() / 2).exp()
     eps = torch.randn(n_samples, mu.shape[0], dtype=mu.dtype)
     z = (mu + sigma * eps).requires_grad_()
     (dz,) = torch.autograd.grad(f(z).sum(), z)
-    return dz.mean(0), (dz * sigma * eps).mean(0)
+    return dz.mean(0), (dz * sigma * eps / 2).mean(0)
 
 
-def reparam_loop(f, mu, log_sigma, n_samples, chunk=256):
+def reparam_loop(f, mu, logvar, n_samples, chunk=256):
     """a loop over chunks of samples, f called once per chunk, the gradients summed over the chunks."""
-    g_mu, g_ls = torch.zeros_like(mu), torch.zeros_like(log_sigma)
+    g_mu, g_ls = torch.zeros_like(mu), torch.zeros_like(logvar)
     for start in range(0, n_samples, chunk):
         m = min(chunk, n_samples - start)
-        z = mu + log_sigma.exp() * noise(mu, m)
-        d_mu, d_ls = torch.autograd.grad(f(z).sum() / n_samples, (mu, log_sigma))
+        z = mu + (logvar / 2).exp() * noise(mu, m)
+        d_mu, d_ls = torch.autograd.grad(f(z).sum() / n_samples, (mu, logvar))
         g_mu, g_ls = g_mu + d_mu, g_ls + d_ls
     return g_mu, g_ls
 
 
-def reparam_func(f, mu, log_sigma, n_samples):
+def reparam_func(f, mu, logvar, n_samples):
     """torch.func.grad: f runs on grad-tracking wrappers, which the check's recorder unwraps to the samples."""
     eps = noise(mu, n_samples)
-    return torch.func.grad(lambda m, s: f(m + s.exp() * eps).mean(), argnums=(0, 1))(mu.detach(), log_sigma.detach())
+    return torch.func.grad(lambda m, v: f(m + (v / 2).exp() * eps).mean(), argnums=(0, 1))(mu.detach(),
+                                                                                         logvar.detach())
 
 
-def variance_by_hand(estimator, f, mu, log_sigma, n_samples, n_repeats):
+def variance_by_hand(estimator, f, mu, logvar, n_samples, n_repeats):
     grads = []
     for _ in range(n_repeats):
-        g_mu, _ = estimator(f=f, mu=mu, log_sigma=log_sigma, n_samples=n_samples)
+        g_mu, _ = estimator(f=f, mu=mu, logvar=logvar, n_samples=n_samples)
         grads.append(g_mu)
     g = torch.stack(grads)
     return ((g - g.mean(0)) ** 2).mean(0)            # the biased variance passes too
 
 
-def baseline_from_mean(f, mu, log_sigma, n_samples):
+def baseline_from_mean(f, mu, logvar, n_samples):
     """(f_i - mean f) * n / (n - 1) is exactly f_i minus the leave-one-out mean."""
     n = n_samples
-    return make_score(weight=lambda fz, z: (fz - fz.mean()) * n / (n - 1))(f, mu, log_sigma, n)
+    return make_score(weight=lambda fz, z: (fz - fz.mean()) * n / (n - 1))(f, mu, logvar, n)
 
 
 def gumbel_by_hand(logits, tau, u, hard=False):
@@ -253,37 +258,43 @@ def density(z, mu, sigma, joint):
 
 def test_score_function_mistakes():
     s_mu = lambda z, mu, s: (z - mu) / s**2          # noqa: E731
-    s_ls = lambda z, mu, s: (z - mu) ** 2 / s**2 - 1  # noqa: E731
+    s_lv = lambda z, mu, s: ((z - mu) ** 2 / s**2 - 1) / 2  # noqa: E731
     # the issue's: the log is missing (grad q instead of grad log q), joint or per-coordinate density
     for joint in (True, False):
         _fails("04.score_function", make_score(score_mu=lambda z, mu, s: density(z, mu, s, joint) * s_mu(z, mu, s),
-                                               score_ls=lambda z, mu, s: density(z, mu, s, joint) * s_ls(z, mu, s)),
+                                               score_lv=lambda z, mu, s: density(z, mu, s, joint) * s_lv(z, mu, s)),
                "log is missing")
 
-    def grad_q_autograd(f, mu, log_sigma, n_samples):
-        q = td.Normal(mu, log_sigma.exp())
+    def grad_q_autograd(f, mu, logvar, n_samples):
+        q = td.Normal(mu, (logvar / 2).exp())
         z = q.sample((n_samples,))
-        return torch.autograd.grad((f(z).detach() * q.log_prob(z).sum(-1).exp()).mean(), (mu, log_sigma))
+        return torch.autograd.grad((f(z).detach() * q.log_prob(z).sum(-1).exp()).mean(), (mu, logvar))
 
     _fails("04.score_function", grad_q_autograd, "log is missing")
     _fails("04.score_function", make_score(score_mu=lambda z, mu, s: td.Normal(mu, s).log_prob(z),
-                                           score_ls=lambda z, mu, s: td.Normal(mu, s).log_prob(z)), "log q(z)")
+                                           score_lv=lambda z, mu, s: td.Normal(mu, s).log_prob(z)), "log q(z)")
     _fails("04.score_function", make_score(score_mu=lambda z, mu, s: (mu - z) / s**2,
-                                           score_ls=lambda z, mu, s: 1 - (z - mu) ** 2 / s**2), "sign is flipped")
-    _fails("04.score_function", make_score(score_ls=lambda z, mu, s: (z - mu) ** 2 / s**2), "-1 forgotten")
+                                           score_lv=lambda z, mu, s: (1 - (z - mu) ** 2 / s**2) / 2),
+           "sign is flipped")
+    _fails("04.score_function", make_score(score_lv=lambda z, mu, s: (z - mu) ** 2 / s**2 / 2), "-1/2 forgotten")
+    # the log sigma score where the logvar one belongs: the 1/2 missing
+    _fails("04.score_function", make_score(score_lv=lambda z, mu, s: (z - mu) ** 2 / s**2 - 1), "1/2 missing",
+           "log sigma")
     _fails("04.score_function", make_score(score_mu=lambda z, mu, s: (z - mu) / s,
-                                           score_ls=lambda z, mu, s: (z - mu) ** 2 / s - 1), "sigma^2")
+                                           score_lv=lambda z, mu, s: ((z - mu) ** 2 / s - 1) / 2), "sigma^2")
     _fails("04.score_function", make_score(score_mu=lambda z, mu, s: (z - mu) / s), "sigma^2")
     _fails("04.score_function", make_score(score_mu=lambda z, mu, s: z - mu), "1 / sigma^2")
-    _fails("04.score_function", make_score(score_ls=lambda z, mu, s: s_ls(z, mu, s) / s), "with respect to sigma")
+    _fails("04.score_function", make_score(score_lv=lambda z, mu, s: 2 * s_lv(z, mu, s) / s), "with respect to sigma")
+    _fails("04.score_function", make_score(score_lv=lambda z, mu, s: s_lv(z, mu, s) / s**2),
+           "with respect to the variance")
     _fails("04.score_function", make_score(weight=lambda fz, z: torch.ones_like(fz)), "f(z) forgotten")
     _fails("04.score_function", make_score(reduce=lambda t: t.sum(0)), "summed")
     _fails("04.score_function", good_reparam, "pathwise")
 
-    def not_detached(f, mu, log_sigma, n_samples):
-        q = td.Normal(mu, log_sigma.exp())
+    def not_detached(f, mu, logvar, n_samples):
+        q = td.Normal(mu, (logvar / 2).exp())
         z = q.rsample((n_samples,))
-        return torch.autograd.grad((f(z).detach() * q.log_prob(z).sum(-1)).mean(), (mu, log_sigma))
+        return torch.autograd.grad((f(z).detach() * q.log_prob(z).sum(-1)).mean(), (mu, logvar))
 
     _fails("04.score_function", not_detached, "not detached")
 
@@ -291,13 +302,15 @@ def test_score_function_mistakes():
 def test_sampling_mistakes():
     for exercise_id, est in (("04.score_function", lambda s: make_score(sample_fn=s)),
                              ("04.baseline", lambda s: make_score(sample_fn=s, weight=lambda fz, z: fz - loo(fz)))):
-        _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, n, std=lambda t: t)), "std = log_sigma")
-        _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, n, std=lambda t: torch.exp(t / 2))), "log-variance")
-        _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, n, std=lambda t: torch.exp(2 * t))), "variance used")
+        _fails(exercise_id, est(lambda m, lv, n: sample(m, lv, n, std=lambda t: t)), "std = logvar")
+        # logvar taken for log sigma: the 1/2 missing, the variance used as the standard deviation
+        _fails(exercise_id, est(lambda m, lv, n: sample(m, lv, n, std=torch.exp)), "1/2 missing", "variance used")
+        _fails(exercise_id, est(lambda m, lv, n: sample(m, lv, n, std=lambda t: torch.exp(t / 4))),
+               "square root taken twice")
         _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, n, std=torch.ones_like)), "not scaled")
         _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, n, shift=False)), "mu not added")
         _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, n, shared=True)), "same noise for every sample")
-        _fails(exercise_id, est(lambda m, ls, n: m + ls.exp() * torch.randn(n, 1, dtype=m.dtype)),
+        _fails(exercise_id, est(lambda m, ls, n: m + (ls / 2).exp() * torch.randn(n, 1, dtype=m.dtype)),
                "every coordinate")
         _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, 1).expand(n, -1).clone()), "same noise")
         _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, 1)), "one sample only")
@@ -306,59 +319,72 @@ def test_sampling_mistakes():
         _fails(exercise_id, est(lambda m, ls, n: sample(m, ls, n) ** 2), "do not look like draws")
 
 
-def reparam_with(*, z_fn=None, reduce="mean", wrt_sigma=False, swap=False):
-    def estimator(f, mu, log_sigma, n_samples):
+def reparam_with(*, z_fn=None, reduce="mean", wrt_sigma=False, wrt_var=False, swap=False):
+    def estimator(f, mu, logvar, n_samples):
         eps = noise(mu, n_samples)
-        sigma = log_sigma.exp()
+        sigma = (logvar / 2).exp()
         if wrt_sigma:
             sigma = sigma.detach().requires_grad_()
-        z = mu + sigma * eps if z_fn is None else z_fn(mu, log_sigma, eps)
+        var = sigma**2
+        if wrt_var:
+            var = var.detach().requires_grad_()
+            sigma = var.sqrt()
+        z = mu + sigma * eps if z_fn is None else z_fn(mu, logvar, eps)
         loss = f(z).mean() if reduce == "mean" else f(z).sum()
-        g = torch.autograd.grad(loss, (mu, sigma if wrt_sigma else log_sigma))
+        g = torch.autograd.grad(loss, (mu, sigma if wrt_sigma else var if wrt_var else logvar))
         return g[::-1] if swap else g
     return estimator
 
 
 def test_reparam_mistakes():
     # the issue's: the sample is detached, in every way of detaching it
-    _fails("04.reparam", reparam_with(z_fn=lambda m, ls, e: (m + ls.exp() * e).detach()), "detached")
-    _fails("04.reparam", reparam_with(z_fn=lambda m, ls, e: m.detach() + ls.exp().detach() * e), "detached")
-    _fails("04.reparam", reparam_with(z_fn=lambda m, ls, e: m.data + ls.data.exp() * e), "detached")
+    _fails("04.reparam", reparam_with(z_fn=lambda m, lv, e: (m + (lv / 2).exp() * e).detach()), "detached")
+    _fails("04.reparam", reparam_with(z_fn=lambda m, lv, e: m.detach() + (lv / 2).exp().detach() * e), "detached")
+    _fails("04.reparam", reparam_with(z_fn=lambda m, lv, e: m.data + (lv.data / 2).exp() * e), "detached")
 
-    def with_sample(f, mu, log_sigma, n_samples):            # sample() instead of rsample()
-        z = td.Normal(mu, log_sigma.exp()).sample((n_samples,))
-        return torch.autograd.grad(f(z).mean(), (mu, log_sigma), allow_unused=True)
+    def with_sample(f, mu, logvar, n_samples):            # sample() instead of rsample()
+        z = td.Normal(mu, (logvar / 2).exp()).sample((n_samples,))
+        return torch.autograd.grad(f(z).mean(), (mu, logvar), allow_unused=True)
 
     _fails("04.reparam", with_sample, "detached", "rsample")
 
-    def under_no_grad(f, mu, log_sigma, n_samples):
+    def under_no_grad(f, mu, logvar, n_samples):
         with torch.no_grad():
-            z = mu + log_sigma.exp() * noise(mu, n_samples)
+            z = mu + (logvar / 2).exp() * noise(mu, n_samples)
         f(z).mean()
-        return torch.zeros_like(mu), torch.zeros_like(log_sigma)
+        return torch.zeros_like(mu), torch.zeros_like(logvar)
 
     _fails("04.reparam", under_no_grad, "detached")
-    _fails("04.reparam", reparam_with(z_fn=lambda m, ls, e: m + ls * e), "std = log_sigma")
-    _fails("04.reparam", reparam_with(z_fn=lambda m, ls, e: m + (ls / 2).exp() * e), "log-variance")
+    _fails("04.reparam", reparam_with(z_fn=lambda m, lv, e: m + lv * e), "std = logvar")
+    _fails("04.reparam", reparam_with(z_fn=lambda m, lv, e: m + lv.exp() * e), "1/2 missing", "variance used")
     _fails("04.reparam", reparam_with(reduce="sum"), "summed")
     _fails("04.reparam", reparam_with(wrt_sigma=True), "with respect to sigma")
+    _fails("04.reparam", reparam_with(wrt_var=True), "with respect to the variance")
+
+    def chain_rule_by_hand(f, mu, logvar, n_samples):     # dz/dlogvar written as sigma * eps: the 1/2 missing
+        sigma, eps = (logvar.detach() / 2).exp(), noise(mu, n_samples)
+        z = (mu.detach() + sigma * eps).requires_grad_()
+        (dz,) = torch.autograd.grad(f(z).sum(), z)
+        return dz.mean(0), (dz * sigma * eps).mean(0)
+
+    _fails("04.reparam", chain_rule_by_hand, "1/2 missing in dz/dlogvar")
     _fails("04.reparam", reparam_with(swap=True), "swapped")
-    _fails("04.reparam", reparam_with(z_fn=lambda m, ls, e: m + ls.exp() * e[:1].expand_as(e)), "same noise")
+    _fails("04.reparam", reparam_with(z_fn=lambda m, lv, e: m + (lv / 2).exp() * e[:1].expand_as(e)), "same noise")
     _fails("04.reparam", good_score, "score-function estimator")
 
-    def score_with_graph(f, mu, log_sigma, n_samples):   # the score-function estimator, samples not detached
-        sigma = log_sigma.exp()
+    def score_with_graph(f, mu, logvar, n_samples):   # the score-function estimator, samples not detached
+        sigma = (logvar / 2).exp()
         z = mu + sigma * noise(mu, n_samples)
         fz = f(z)[:, None]
-        return (fz * (z - mu) / sigma**2).mean(0), (fz * ((z - mu) ** 2 / sigma**2 - 1)).mean(0)
+        return (fz * (z - mu) / sigma**2).mean(0), (fz * ((z - mu) ** 2 / sigma**2 - 1) / 2).mean(0)
 
     _fails("04.reparam", score_with_graph, "score-function estimator")
     _ok("04.score_function", score_with_graph)        # which is a correct answer to exercise 1
 
-    def accumulates(f, mu, log_sigma, n_samples):
-        z = mu + log_sigma.exp() * noise(mu, n_samples)
+    def accumulates(f, mu, logvar, n_samples):
+        z = mu + (logvar / 2).exp() * noise(mu, n_samples)
         f(z).mean().backward()
-        return mu.grad, log_sigma.grad
+        return mu.grad, logvar.grad
 
     _fails("04.reparam", accumulates, "accumulated")
 
@@ -372,19 +398,21 @@ def test_baseline_mistakes():
     _fails("04.baseline", make_score(), "baseline is missing")
     _fails("04.baseline", make_score(weight=lambda fz, z: fz - loo(fz), reduce=lambda t: t.sum(0)), "summed")
 
-    def from_score(f, mu, log_sigma, n_samples):
+    def from_score(f, mu, logvar, n_samples):
         with torch.no_grad():
-            sigma = log_sigma.exp()
+            sigma = (logvar / 2).exp()
             z = mu + sigma * noise(mu, n_samples)
             fz = f(z)
             b = loo(fz)[:, None]
             return ((fz[:, None]) * ((z - mu) / sigma**2 - b)).mean(0), \
-                (fz[:, None] * ((z - mu) ** 2 / sigma**2 - 1 - b)).mean(0)
+                (fz[:, None] * (((z - mu) ** 2 / sigma**2 - 1) / 2 - b)).mean(0)
 
     _fails("04.baseline", from_score, "subtracted from the score")
     _fails("04.baseline", make_score(weight=lambda fz, z: fz - loo(fz),
                                      score_mu=lambda z, mu, s: (mu - z) / s**2,
-                                     score_ls=lambda z, mu, s: 1 - (z - mu) ** 2 / s**2), "sign is flipped")
+                                     score_lv=lambda z, mu, s: (1 - (z - mu) ** 2 / s**2) / 2), "sign is flipped")
+    _fails("04.baseline", make_score(weight=lambda fz, z: fz - loo(fz),
+                                     score_lv=lambda z, mu, s: (z - mu) ** 2 / s**2 - 1), "1/2 missing")
 
 
 def test_variance_mistakes():
@@ -396,7 +424,7 @@ def test_variance_mistakes():
     _fails("04.variance", lambda *a: grads(*a).var(0) * a[4], "per-sample variance")
     _fails("04.variance", lambda *a: grads(*a).var(0) / a[4], "divided by n_samples")
     _fails("04.variance", lambda *a: (grads(*a).var(0) / a[-1]).sqrt(), "standard error")
-    _fails("04.variance", lambda *a: grads(*a, which=1).var(0), "grad_log_sigma")
+    _fails("04.variance", lambda *a: grads(*a, which=1).var(0), "grad_logvar")
     _fails("04.variance", lambda *a: grads(*a).mean(0), "mean of the gradients")
     _fails("04.variance", lambda *a: (grads(*a) ** 2).mean(0), "second moment")
     _fails("04.variance", lambda *a: grads(*a).var(1), "one value per repeat")
@@ -465,9 +493,9 @@ def test_bad_answers_are_failures_not_crashes(exercise_id):
 
 
 def test_wrong_type_shape_dtype_nan_are_named():
-    def per_sample(f, mu, log_sigma, n):
+    def per_sample(f, mu, logvar, n):
         est = make_score(reduce=lambda t: t)
-        return est(f, mu, log_sigma, n)
+        return est(f, mu, logvar, n)
 
     _fails("04.score_function", lambda *a: good_score(*a)[0], "single tensor")
     _fails("04.score_function", lambda *a: (good_score(*a)[0],), "tuple")
@@ -538,19 +566,19 @@ def test_many_correct_sample_draws_pass():
     """A correct answer passes whatever samples it draws: 6 different streams (the statistical tests
     allow 5 standard errors, so a false failure is a one-in-a-million event per coordinate)."""
     for k in range(6):
-        def shifted(f, mu, log_sigma, n, k=k):
+        def shifted(f, mu, logvar, n, k=k):
             torch.randn(k + 1)                        # consume a different amount of the stream first
-            return good_score(f, mu, log_sigma, n)
+            return good_score(f, mu, logvar, n)
 
         _ok("04.score_function", shifted)
 
 
 def test_answers_that_change_their_inputs_in_place_fail():
-    def in_place(f, mu, log_sigma, n):
-        out = good_score(f, mu, log_sigma, n)
+    def in_place(f, mu, logvar, n):
+        out = good_score(f, mu, logvar, n)
         with torch.no_grad():
             mu.mul_(3)
-            log_sigma.zero_()
+            logvar.zero_()
         return out
 
     _fails("04.score_function", in_place, "changed its input `mu` in place")
@@ -565,42 +593,42 @@ def test_answers_that_change_their_inputs_in_place_fail():
 
 # ---------------------------------------------------------------------------------------------- hostile answers
 # wrong answers a student could write that are not in the catalogue: each must fail
-def score_two_draws(f, mu, log_sigma, n_samples):
+def score_two_draws(f, mu, logvar, n_samples):
     """f evaluated on one draw, the score on another: the two must be the same samples."""
     with torch.no_grad():
-        sigma = log_sigma.exp()
-        fz = f(sample(mu, log_sigma, n_samples))[:, None]
-        z = sample(mu, log_sigma, n_samples)
-        return (fz * (z - mu) / sigma**2).mean(0), (fz * ((z - mu) ** 2 / sigma**2 - 1)).mean(0)
+        sigma = (logvar / 2).exp()
+        fz = f(sample(mu, logvar, n_samples))[:, None]
+        z = sample(mu, logvar, n_samples)
+        return (fz * (z - mu) / sigma**2).mean(0), (fz * ((z - mu) ** 2 / sigma**2 - 1) / 2).mean(0)
 
 
-def score_reseeds(f, mu, log_sigma, n_samples):
+def score_reseeds(f, mu, logvar, n_samples):
     """reseeds inside the function: the same 'random' estimate at every call."""
     torch.manual_seed(0)
-    return good_score(f, mu, log_sigma, n_samples)
+    return good_score(f, mu, logvar, n_samples)
 
 
-def reparam_mu_only(f, mu, log_sigma, n_samples):
-    """differentiates with respect to mu only, and returns zeros for log_sigma."""
-    z = mu + log_sigma.exp().detach() * noise(mu, n_samples)
+def reparam_mu_only(f, mu, logvar, n_samples):
+    """differentiates with respect to mu only, and returns zeros for logvar."""
+    z = mu + (logvar / 2).exp().detach() * noise(mu, n_samples)
     (g,) = torch.autograd.grad(f(z).mean(), mu)
-    return g, torch.zeros_like(log_sigma)
+    return g, torch.zeros_like(logvar)
 
 
-def reparam_uniform(f, mu, log_sigma, n_samples):
+def reparam_uniform(f, mu, logvar, n_samples):
     """torch.rand where torch.randn belongs."""
     eps = torch.rand(n_samples, mu.shape[0], dtype=mu.dtype, device=mu.device)
-    return torch.autograd.grad(f(mu + log_sigma.exp() * eps).mean(), (mu, log_sigma))
+    return torch.autograd.grad(f(mu + (logvar / 2).exp() * eps).mean(), (mu, logvar))
 
 
-def baseline_precedence(f, mu, log_sigma, n_samples):
+def baseline_precedence(f, mu, logvar, n_samples):
     """(sum - f) / n - 1: the parentheses around n - 1 forgotten."""
-    return make_score(weight=lambda fz, z: fz - ((fz.sum() - fz) / fz.shape[0] - 1))(f, mu, log_sigma, n_samples)
+    return make_score(weight=lambda fz, z: fz - ((fz.sum() - fz) / fz.shape[0] - 1))(f, mu, logvar, n_samples)
 
 
-def variance_of_sum(estimator, f, mu, log_sigma, n_samples, n_repeats):
-    """the variance of grad_mu + grad_log_sigma, not of grad_mu."""
-    return torch.stack([sum(estimator(f, mu, log_sigma, n_samples)) for _ in range(n_repeats)]).var(0)
+def variance_of_sum(estimator, f, mu, logvar, n_samples, n_repeats):
+    """the variance of grad_mu + grad_logvar, not of grad_mu."""
+    return torch.stack([sum(estimator(f, mu, logvar, n_samples)) for _ in range(n_repeats)]).var(0)
 
 
 def gumbel_round(logits, tau, u, hard=False):
@@ -623,10 +651,10 @@ def _callers_tensors(like, exclude):
     return found
 
 
-def score_from_frames(f, mu, log_sigma, n_samples):
+def score_from_frames(f, mu, logvar, n_samples):
     """draws its samples like a correct answer, then returns tensors found in the check's frames."""
-    good_score(f, mu, log_sigma, n_samples)
-    found = _callers_tensors(mu, (mu, log_sigma)) + [torch.zeros_like(mu)] * 2
+    good_score(f, mu, logvar, n_samples)
+    found = _callers_tensors(mu, (mu, logvar)) + [torch.zeros_like(mu)] * 2
     return found[0], found[1]
 
 
@@ -636,11 +664,11 @@ def gumbel_from_frames(logits, tau, u, hard=False):
     return found[0] if found else torch.full_like(logits, 1 / logits.shape[-1])
 
 
-def reparam_mutates(f, mu, log_sigma, n_samples):
-    """a correct estimate, then log_sigma clamped in place (a 'safety' step that changes the caller's tensor)."""
-    out = good_reparam(f, mu, log_sigma, n_samples)
+def reparam_mutates(f, mu, logvar, n_samples):
+    """a correct estimate, then logvar clamped in place (a 'safety' step that changes the caller's tensor)."""
+    out = good_reparam(f, mu, logvar, n_samples)
     with torch.no_grad():
-        log_sigma.clamp_(min=0.0)
+        logvar.clamp_(min=0.0)
     return out
 
 
@@ -648,9 +676,9 @@ def reparam_mutates(f, mu, log_sigma, n_samples):
     ("04.score_function", score_two_draws, ["grad_mu differs"]),
     ("04.score_function", score_reseeds, ["same noise at every call"]),
     ("04.score_function", score_from_frames, []),
-    ("04.reparam", reparam_mu_only, ["grad_log_sigma differs"]),
+    ("04.reparam", reparam_mu_only, ["grad_logvar differs"]),
     ("04.reparam", reparam_uniform, ["uniform noise"]),
-    ("04.reparam", reparam_mutates, ["changed its input `log_sigma` in place"]),
+    ("04.reparam", reparam_mutates, ["changed its input `logvar` in place"]),
     ("04.baseline", baseline_precedence, ["differs"]),
     ("04.variance", variance_of_sum, ["the variance differs"]),
     ("04.gumbel_softmax", gumbel_round, ["hard=True", "differs"]),
@@ -661,66 +689,66 @@ def test_hostile_wrong_answers_fail(exercise_id, fn, words):
 
 
 # correct answers written differently from the reference: each must pass
-def score_vmap(f, mu, log_sigma, n_samples):
+def score_vmap(f, mu, logvar, n_samples):
     """the scores by torch.func.vmap of torch.func.grad of log q (f itself is evaluated outside torch.func)."""
-    mu0, ls0 = mu.detach(), log_sigma.detach()
-    z = td.Normal(mu0, ls0.exp()).sample((n_samples,))
+    mu0, lv0 = mu.detach(), logvar.detach()
+    z = td.Normal(mu0, (lv0 / 2).exp()).sample((n_samples,))
     fz = f(z)
 
-    def log_q(m, s, zi):
-        return td.Normal(m, s.exp()).log_prob(zi).sum()
+    def log_q(m, v, zi):
+        return td.Normal(m, (v / 2).exp()).log_prob(zi).sum()
 
-    s_mu, s_ls = torch.func.vmap(torch.func.grad(log_q, argnums=(0, 1)), in_dims=(None, None, 0))(mu0, ls0, z)
-    return (fz[:, None] * s_mu).mean(0), (fz[:, None] * s_ls).mean(0)
+    s_mu, s_lv = torch.func.vmap(torch.func.grad(log_q, argnums=(0, 1)), in_dims=(None, None, 0))(mu0, lv0, z)
+    return (fz[:, None] * s_mu).mean(0), (fz[:, None] * s_lv).mean(0)
 
 
-def score_f_in_vmap(f, mu, log_sigma, n_samples):
+def score_f_in_vmap(f, mu, logvar, n_samples):
     """f evaluated on one sample at a time, f(z_i[None]), under torch.func.vmap: recorded as the whole batch."""
     with torch.no_grad():
-        sigma = log_sigma.exp()
+        sigma = (logvar / 2).exp()
         z = mu + sigma * noise(mu, n_samples)
         fz = torch.func.vmap(lambda r: f(r[None])[0])(z)[:, None]
         u = (z - mu) / sigma
-        return (fz * u / sigma).mean(0), (fz * (u**2 - 1)).mean(0)
+        return (fz * u / sigma).mean(0), (fz * (u**2 - 1) / 2).mean(0)
 
 
-def reparam_vmap_of_grad(f, mu, log_sigma, n_samples):
+def reparam_vmap_of_grad(f, mu, logvar, n_samples):
     """per-sample gradients by torch.func.vmap of torch.func.grad, averaged."""
-    per_sample = torch.func.grad(lambda m, s, e: f((m + s.exp() * e)[None])[0], argnums=(0, 1))
-    g_mu, g_ls = torch.func.vmap(per_sample, in_dims=(None, None, 0))(mu.detach(), log_sigma.detach(),
+    per_sample = torch.func.grad(lambda m, v, e: f((m + (v / 2).exp() * e)[None])[0], argnums=(0, 1))
+    g_mu, g_ls = torch.func.vmap(per_sample, in_dims=(None, None, 0))(mu.detach(), logvar.detach(),
                                                                        noise(mu, n_samples))
     return g_mu.mean(0), g_ls.mean(0)
 
 
-def reparam_autograd_through_vmap(f, mu, log_sigma, n_samples):
+def reparam_autograd_through_vmap(f, mu, logvar, n_samples):
     """f vmapped over the samples, ordinary autograd through it: the samples under the batch carry the graph."""
-    z = mu + log_sigma.exp() * noise(mu, n_samples)
-    return torch.autograd.grad(torch.func.vmap(lambda r: f(r[None])[0])(z).mean(), (mu, log_sigma))
+    z = mu + (logvar / 2).exp() * noise(mu, n_samples)
+    return torch.autograd.grad(torch.func.vmap(lambda r: f(r[None])[0])(z).mean(), (mu, logvar))
 
 
-def reparam_own_copies(f, mu, log_sigma, n_samples):
+def reparam_own_copies(f, mu, logvar, n_samples):
     """.backward() on fresh copies of the leaves (nothing accumulates in the caller's .grad)."""
-    m, s = mu.detach().clone().requires_grad_(), log_sigma.detach().clone().requires_grad_()
-    z = td.Independent(td.Normal(m, s.exp()), 1).rsample((n_samples,))
+    m, s = mu.detach().clone().requires_grad_(), logvar.detach().clone().requires_grad_()
+    z = td.Independent(td.Normal(m, (s / 2).exp()), 1).rsample((n_samples,))
     f(z).mean().backward()
     return m.grad, s.grad
 
 
-def baseline_matrix(f, mu, log_sigma, n_samples):
+def baseline_matrix(f, mu, logvar, n_samples):
     """the leave-one-out means as a matrix product (ones - eye) @ f / (n - 1)."""
     def loo_matrix(fz):
         n = fz.shape[0]
         return (torch.ones(n, n, dtype=fz.dtype, device=fz.device) - torch.eye(n, dtype=fz.dtype, device=fz.device)) \
             @ fz / (n - 1)
 
-    return make_score(weight=lambda fz, z: fz - loo_matrix(fz))(f, mu, log_sigma, n_samples)
+    return make_score(weight=lambda fz, z: fz - loo_matrix(fz))(f, mu, logvar, n_samples)
 
 
-def variance_welford(estimator, f, mu, log_sigma, n_samples, n_repeats):
+def variance_welford(estimator, f, mu, logvar, n_samples, n_repeats):
     """Welford's running mean and sum of squares, one repeat at a time."""
     mean, m2 = 0.0, 0.0
     for k in range(1, n_repeats + 1):
-        g = estimator(f, mu, log_sigma, n_samples)[0]
+        g = estimator(f, mu, logvar, n_samples)[0]
         delta = g - mean
         mean = mean + delta / k
         m2 = m2 + delta * (g - mean)

@@ -639,15 +639,15 @@ def _noise(mu, n):
 
 def sf_bessel(f, mu, ls, n):                     # divided by n - 1 instead of n
     with torch.no_grad():
-        sigma = ls.exp()
+        sigma = (ls / 2).exp()
         z = mu + sigma * _noise(mu, n)
         fz = f(z)[:, None]
         u = (z - mu) / sigma
-        return (fz * u / sigma).sum(0) / (n - 1), (fz * (u**2 - 1)).sum(0) / (n - 1)
+        return (fz * u / sigma).sum(0) / (n - 1), (fz * (u**2 - 1) / 2).sum(0) / (n - 1)
 
 
 def sf_surrogate(f, mu, ls, n):                  # the surrogate loss f(z).detach() * log q(z), by autograd
-    q = td.Independent(td.Normal(mu, ls.exp()), 1)
+    q = td.Independent(td.Normal(mu, (ls / 2).exp()), 1)
     z = q.sample((n,))
     loss = (f(z).detach() * q.log_prob(z)).mean()
     return torch.autograd.grad(loss, (mu, ls))
@@ -655,11 +655,11 @@ def sf_surrogate(f, mu, ls, n):                  # the surrogate loss f(z).detac
 
 def sf_hidden_in_vmap(f, mu, ls, n):             # f evaluated inside torch.func on n // 10 samples: unbiased, noisy
     with torch.no_grad():
-        sigma = ls.exp()
+        sigma = (ls / 2).exp()
         z = mu + sigma * _noise(mu, n // 10)
         fz = torch.func.vmap(lambda r: f(r[None])[0])(z)[:, None]
         u = (z - mu) / sigma
-        return (fz * u / sigma).mean(0), (fz * (u**2 - 1)).mean(0)
+        return (fz * u / sigma).mean(0), (fz * (u**2 - 1) / 2).mean(0)
 
 
 def sf_exact_from_the_frames(f, mu, ls, n):      # steals the check's trial and returns its exact gradient
@@ -674,44 +674,44 @@ def sf_exact_from_the_frames(f, mu, ls, n):      # steals the check's trial and 
 
 
 def rg_n_minus_one(f, mu, ls, n):                # one sample short
-    z = mu + ls.exp() * _noise(mu, n - 1)
+    z = mu + (ls / 2).exp() * _noise(mu, n - 1)
     return torch.autograd.grad(f(z).mean(), (mu, ls))
 
 
 def rg_sum_over_n_minus_1(f, mu, ls, n):
-    z = mu + ls.exp() * _noise(mu, n)
+    z = mu + (ls / 2).exp() * _noise(mu, n)
     return torch.autograd.grad(f(z).sum() / (n - 1), (mu, ls))
 
 
 def rg_rsample(f, mu, ls, n):
-    z = td.Normal(mu, ls.exp()).rsample((n,))
+    z = td.Normal(mu, (ls / 2).exp()).rsample((n,))
     return torch.autograd.grad(f(z).mean(), (mu, ls))
 
 
 def rg_backward_on_copies(f, mu, ls, n):
     m, s = mu.detach().clone().requires_grad_(), ls.detach().clone().requires_grad_()
-    f(m + s.exp() * _noise(mu, n)).mean().backward()
+    f(m + (s / 2).exp() * _noise(mu, n)).mean().backward()
     return m.grad, s.grad
 
 
 def bl_global_mean(f, mu, ls, n):                # a baseline from a second batch: f evaluated on 2n samples
     with torch.no_grad():
-        sigma = ls.exp()
+        sigma = (ls / 2).exp()
         b = f(mu + sigma * _noise(mu, n)).mean()
         z = mu + sigma * _noise(mu, n)
         w = (f(z) - b)[:, None]
         u = (z - mu) / sigma
-        return (w * u / sigma).mean(0), (w * (u**2 - 1)).mean(0)
+        return (w * u / sigma).mean(0), (w * (u**2 - 1) / 2).mean(0)
 
 
 def bl_rescaled_mean(f, mu, ls, n):              # the leave-one-out baseline as a rescaled mean: correct
     with torch.no_grad():
-        sigma = ls.exp()
+        sigma = (ls / 2).exp()
         z = mu + sigma * _noise(mu, n)
         fz = f(z)
         w = ((fz - fz.mean()) * n / (n - 1))[:, None]
         u = (z - mu) / sigma
-        return (w * u / sigma).mean(0), (w * (u**2 - 1)).mean(0)
+        return (w * u / sigma).mean(0), (w * (u**2 - 1) / 2).mean(0)
 
 
 def var_warm_up(est, f, mu, ls, n, reps):        # one call more than n_repeats
@@ -719,7 +719,7 @@ def var_warm_up(est, f, mu, ls, n, reps):        # one call more than n_repeats
     return torch.stack([est(f, mu, ls, n)[0] for _ in range(reps)]).var(0)
 
 
-def var_both_halves(est, f, mu, ls, n, reps):    # the variance of grad_mu and grad_log_sigma pooled
+def var_both_halves(est, f, mu, ls, n, reps):    # the variance of grad_mu and grad_logvar pooled
     g = [est(f, mu, ls, n) for _ in range(reps)]
     return torch.stack([torch.stack([a, b]) for a, b in g]).var((0, 1))
 
@@ -996,7 +996,7 @@ def test_dishonest_results_are_named(make, words):
 
 
 def test_rebinding_an_attribute_of_a_given_object_fails():
-    def answer(f, mu, log_sigma, n_samples):
+    def answer(f, mu, logvar, n_samples):
         f.target.p64 = {k: torch.zeros_like(v) for k, v in f.target.p64.items()}
-        return _solution("04.score_function")(f, mu, log_sigma, n_samples)
+        return _solution("04.score_function")(f, mu, logvar, n_samples)
     check_fails("04.score_function", answer, "an object the check gave it")

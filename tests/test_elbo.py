@@ -9,11 +9,13 @@ from torch import distributions as td
 from coursepkg.elbo import (
     GaussianEncoder,
     LinearGaussianModel,
+    bottleneck_floor,
     elbo,
     gaussian_kl,
     gaussian_mean_cov,
     inference_gaps,
     iwae_bound,
+    optimal_bottleneck_encoder,
 )
 from coursepkg.probability import mean_and_stderr
 from coursepkg.train import fit
@@ -260,3 +262,57 @@ def test_encoder_bad_input():
         GaussianEncoder(3, 0)
     with pytest.raises(TypeError, match="hidden\\[0\\] must be a positive int"):
         GaussianEncoder(3, 2, hidden=(8.0,))
+
+
+@pytest.fixture
+def model4():
+    g = torch.Generator().manual_seed(20)
+    W = torch.randn(6, 4, generator=g, dtype=torch.float64) * torch.tensor([1.5, 1.0, 0.6, 0.3], dtype=torch.float64)
+    return LinearGaussianModel(W, torch.randn(6, generator=g, dtype=torch.float64),
+                               0.3 + 0.4 * torch.rand(6, generator=g, dtype=torch.float64))
+
+
+def test_bottleneck_floor_is_half_the_dropped_eigenvalues_minus_one(model4):
+    eig = torch.linalg.eigvalsh(model4.posterior_precision()).flip(0)
+    for r in range(1, 5):
+        assert torch.allclose(bottleneck_floor(model4, r), 0.5 * (eig[r:] - 1).sum(), atol=1e-12)
+    assert bottleneck_floor(model4, 4) == 0 and bottleneck_floor(model4, 7) == 0
+    floors = [bottleneck_floor(model4, r).item() for r in range(1, 5)]
+    assert floors == sorted(floors, reverse=True)       # more features, a lower floor
+    # the eigenvalues minus one are those of W^T Psi^-1 W: what x says about z
+    info = torch.linalg.eigvalsh(model4.W.T @ (model4.W / model4.noise_var[:, None])).flip(0)
+    assert torch.allclose(eig - 1, info, atol=1e-10)
+
+
+def test_optimal_bottleneck_encoder_attains_the_floor(model4):
+    xs, _ = model4.sample(50_000, generator=torch.Generator().manual_seed(21))
+    for r in (1, 2, 3, 4):
+        enc = optimal_bottleneck_encoder(model4, r)
+        assert enc.net[0].weight.shape == (r, 6)                # it sees x through r features
+        gaps = inference_gaps(model4, xs, enc)
+        floor = bottleneck_floor(model4, r).item()
+        est = mean_and_stderr(gaps.amortization_gap)
+        assert abs(est.estimate.item() - floor) < 5 * est.stderr.item() + 1e-10
+        assert torch.all(gaps.amortization_gap > -1e-10)
+        # its variances are the mean field's, so only the mean costs anything
+        _, logvar = enc(xs[:3])
+        assert torch.allclose(logvar, -torch.log(torch.diagonal(model4.posterior_precision())).expand(3, -1))
+    # an encoder with rank Dz is the per-point optimum: no amortization gap at all
+    assert inference_gaps(model4, xs[:100], optimal_bottleneck_encoder(model4, 4)).amortization_gap.abs().max() < 1e-10
+    # moving its features away from the leading direction costs more than the floor
+    enc = optimal_bottleneck_encoder(model4, 1)
+    floor = bottleneck_floor(model4, 1).item()
+    g = torch.Generator().manual_seed(22)
+    for _ in range(5):
+        with torch.no_grad():
+            enc.net[0].weight.add_(0.3 * torch.randn(1, 6, generator=g, dtype=torch.float64))
+        assert inference_gaps(model4, xs[:20_000], enc).amortization_gap.mean().item() > floor
+
+
+def test_bottleneck_bad_input(model4):
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        bottleneck_floor(model4, 0)
+    with pytest.raises(ValueError, match="rank=5 must be at most the latent dimension Dz=4"):
+        optimal_bottleneck_encoder(model4, 5)
+    with pytest.raises(TypeError, match="model must be a LinearGaussianModel"):
+        bottleneck_floor("model", 1)

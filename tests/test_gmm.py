@@ -325,3 +325,40 @@ def test_ratio_gradient_estimator_is_biased_for_small_s_and_consistent():
     large = _repeat(lambda g: G.naive_mc_grad_means(X1, TWO, 20_000, generator=g)[0, 0, 0], 30)
     assert abs(large.mean().item() - exact) < 0.1 * abs(exact) + 1e-3          # consistent as S grows
     assert small.var() > 100 * large.var()
+
+
+def test_naive_log_evidence_matches_the_exact_evidence_in_one_dimension_and_fails_in_many():
+    from coursepkg.elbo import LinearGaussianModel
+
+    g = torch.Generator().manual_seed(5)
+    errors = {}
+    for d in (1, 32):
+        W, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        model = LinearGaussianModel(W, noise_var=0.25)
+        x = model.sample(6, generator=g).x
+        est = G.naive_mc_log_evidence(x, model, 2_000, generator=g)
+        assert est.log_p_hat.shape == (6,) and est.ess.shape == (6,)
+        assert (est.ess >= 1 - 1e-9).all() and (est.ess <= 2_000 + 1e-6).all()
+        errors[d] = (est.log_p_hat - model.log_likelihood(x), est.ess)
+    assert errors[1][0].abs().max() < 0.2 and errors[1][1].min() > 50
+    assert errors[32][0].mean() < -5 and errors[32][1].max() < 20                     # the curse of dimensionality
+
+
+def test_naive_log_evidence_of_a_mixture_is_the_log_of_an_unbiased_estimate():
+    exact = G.log_likelihood(X1, TWO).exp().item()
+    draws = _repeat(lambda g: G.naive_mc_log_evidence(X1, TWO, 4, generator=g).log_p_hat[0], 4000)
+    est = P.mean_and_stderr(draws.exp())
+    assert abs(est.estimate.item() - exact) < 4 * est.stderr.item()                # p_hat unbiased
+    assert math.log(exact) - draws.mean().item() > 8 * draws.std().item() / math.sqrt(4000)   # its log biased low
+    one = G.naive_mc_log_evidence(X1, TWO, 4, generator=torch.Generator().manual_seed(0))
+    z = TWO.sample(4, generator=torch.Generator().manual_seed(0)).z                  # the same prior samples
+    log_w = torch.stack([TWO.log_px_given_z(X1, z_s[None]) for z_s in z])[:, 0]      # log p(x | z_s), (S,)
+    assert torch.allclose(one.log_p_hat[0], P.log_mean_exp(log_w))
+    assert torch.allclose(one.ess[0], log_w.exp().sum() ** 2 / (log_w.exp() ** 2).sum())
+
+
+def test_naive_log_evidence_rejects_what_is_not_a_model():
+    with pytest.raises(TypeError, match="latent variable model"):
+        G.naive_mc_log_evidence(X1, lambda x: x, 4)
+    with pytest.raises(ValueError, match="n_samples"):
+        G.naive_mc_log_evidence(X1, TWO, 0)

@@ -856,3 +856,21 @@ def test_kl_equal_variance_bad_var():
             P.kl_equal_variance(mq, mp, var)
     with pytest.raises(ValueError, match=r"var must be a number or broadcast to the batch shape \[\]"):
         P.kl_equal_variance(torch.zeros(3), torch.ones(3), torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_effective_sample_size_bounds_and_invariance():
+    S = 50
+    assert P.effective_sample_size(torch.zeros(S)) == pytest.approx(S)
+    one = torch.full((S,), -torch.inf)
+    one[3] = 0.0
+    assert P.effective_sample_size(one) == pytest.approx(1.0)
+    log_w = torch.randn(4, S, dtype=torch.float64)
+    w = log_w.exp()
+    direct = w.sum(-1) ** 2 / (w ** 2).sum(-1)
+    torch.testing.assert_close(P.effective_sample_size(log_w), direct)
+    torch.testing.assert_close(P.effective_sample_size(log_w + 1000.0), direct)  # no overflow
+    torch.testing.assert_close(P.effective_sample_size(log_w.T, dim=0), direct)
+    with pytest.raises(ValueError, match="NaN"):
+        P.effective_sample_size(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ValueError, match="scalar"):
+        P.effective_sample_size(torch.tensor(0.0))

@@ -1,8 +1,9 @@
 r"""Checks of the chapter 04 exercises (``solutions/04_reparameterization.ipynb``), written with the check kit.
 
 The estimators work with a diagonal Gaussian :math:`q = \mathcal N(\mu, \operatorname{diag}\sigma^2)`,
-:math:`\sigma = \exp(\log\sigma)`, given as two leaf tensors ``mu`` and ``log_sigma`` of shape ``(D,)``, and an
-objective ``f`` mapping samples ``(n, D)`` to values ``(n,)``; they return ``(grad_mu, grad_log_sigma)``.
+:math:`\sigma = \exp(\tfrac12\log\sigma^2)`, given as two leaf tensors ``mu`` and ``logvar`` (the log-variance
+:math:`\log\sigma^2`, what the book's networks output) of shape ``(D,)``, and an objective ``f`` mapping samples
+``(n, D)`` to values ``(n,)``; they return ``(grad_mu, grad_logvar)``.
 
 How a random estimate is checked, deterministically. The check's ``f`` is a known function (quadratic, sine
 and, for the score function, step terms) handed to the answer through a :class:`~coursepkg.grading.kit.Recorder`,
@@ -11,7 +12,8 @@ check expects exists yet), then:
 
 1. its samples, standardised, ``(z - mu) / sigma``, must look like independent standard normal draws (the kit's
    :func:`~coursepkg.grading.kit.independence_test` and :func:`~coursepkg.grading.kit.normal_test`), fresh at
-   the second call; a sampling slip (``log_sigma`` used as the standard deviation, one noise for every sample,
+   the second call; a sampling slip (``logvar`` used as the standard deviation, the 1/2 of
+   ``exp(logvar / 2)`` missing, one noise for every sample,
    ...) is named when the samples standardised *its* way look normal;
 2. the estimate must equal the estimator's formula evaluated on those very samples, to round-off: the
    per-sample terms are the closed forms, for this Gaussian, of what :mod:`coursepkg.estimators` computes with
@@ -70,8 +72,8 @@ ZTEST_MIN_N = 400               # the z-test against the exact gradient needs an
 # (n_samples, D): several dimensions, enough samples for the distribution test to tell slips apart
 SHAPES = [(2000, 3), (3000, 1), (1500, 4)]
 BASELINE_SHAPES = [(40, 3), (2500, 2), (400, 1)]   # a small n first: there the own-sample bias is (n - 1) / n
-PAIR = "a tuple (grad_mu, grad_log_sigma)"
-NAMES = ("grad_mu", "grad_log_sigma")
+PAIR = "a tuple (grad_mu, grad_logvar)"
+NAMES = ("grad_mu", "grad_logvar")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,17 +109,17 @@ class Objective:
         return 2 * p["a"] * (z - p["m"]) + p["b"] * torch.cos(z)
 
     def exact(self, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact ``(d/dmu, d/dlog_sigma) E_q[f]``, from ``E[(z-m)^2] = (mu-m)^2 + s^2``,
-        ``E[sin z] = sin(mu) exp(-s^2/2)`` and ``P(z > t) = Phi((mu-t)/s)``."""
+        """The exact ``(d/dmu, d/dlogvar) E_q[f]``, from ``E[(z-m)^2] = (mu-m)^2 + s^2``,
+        ``E[sin z] = sin(mu) exp(-s^2/2)`` and ``P(z > t) = Phi((mu-t)/s)``; ``d/dlogvar = (s^2) d/d(s^2)``."""
         p, s2 = self.p64, sigma**2
         damp = torch.exp(-s2 / 2)
         g_mu = 2 * p["a"] * (mu - p["m"]) + p["b"] * torch.cos(mu) * damp
-        g_ls = 2 * p["a"] * s2 - p["b"] * s2 * torch.sin(mu) * damp
+        g_lv = p["a"] * s2 - 0.5 * p["b"] * s2 * torch.sin(mu) * damp
         if self.step:
             alpha = (mu - p["t"]) / sigma
             phi = torch.exp(-alpha**2 / 2) / math.sqrt(2 * math.pi)
-            g_mu, g_ls = g_mu + p["h"] * phi / sigma, g_ls - p["h"] * phi * alpha
-        return g_mu, g_ls
+            g_mu, g_lv = g_mu + p["h"] * phi / sigma, g_lv - 0.5 * p["h"] * phi * alpha
+        return g_mu, g_lv
 
     def __call__(self, z):
         D, name = self.D, lambda dt: str(dt).replace("torch.", "")
@@ -135,28 +137,28 @@ class Objective:
 
 
 class Trial:
-    """One random Gaussian (``mu``, ``log_sigma`` in the case's dtype and device, ``|log sigma|`` in [0.4, 0.9]) and
-    objective, for estimates from ``n`` samples of dimension ``D``."""
+    """One random Gaussian (``mu``, ``logvar`` in the case's dtype and device, ``|log sigma|`` in [0.4, 0.9], so
+    ``|logvar|`` in [0.8, 1.8]) and objective, for estimates from ``n`` samples of dimension ``D``."""
 
     def __init__(self, case: Case, n: int, D: int, step: bool):
         self.case, self.n, self.D = case, n, D
         self.mu = case.randn(D, scale=1.2)
         sign = torch.where(case.rand(D) < 0.5, -1.0, 1.0).to(**case.like)
-        self.ls = sign * case.rand(D, low=0.4, high=0.9)
-        self.mu64, self.ls64 = self.mu.to(F64).cpu(), self.ls.to(F64).cpu()
-        self.sigma64 = self.ls64.exp()
+        self.lv = 2 * sign * case.rand(D, low=0.4, high=0.9)
+        self.mu64, self.lv64 = self.mu.to(F64).cpu(), self.lv.to(F64).cpu()
+        self.sigma64 = (self.lv64 / 2).exp()
         self.f = Objective(case, D, step)
         self.inputs = describe_inputs(mu=self.mu, n_samples=n)
 
     def leaves(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh ``(mu, log_sigma)``: leaf tensors with ``requires_grad=True``."""
-        return self.mu.clone().requires_grad_(), self.ls.clone().requires_grad_()
+        """Fresh ``(mu, logvar)``: leaf tensors with ``requires_grad=True``."""
+        return self.mu.clone().requires_grad_(), self.lv.clone().requires_grad_()
 
 
 def _score(trial: Trial, z: torch.Tensor):
-    """The scores ``d/dmu log q(z)`` and ``d/dlog_sigma log q(z)``, ``(n, D)`` each."""
+    """The scores ``d/dmu log q(z)`` and ``d/dlogvar log q(z)``, ``(n, D)`` each."""
     u = (z - trial.mu64) / trial.sigma64
-    return u / trial.sigma64, u**2 - 1
+    return u / trial.sigma64, (u**2 - 1) / 2
 
 
 def _score_terms(trial: Trial, z: torch.Tensor):
@@ -166,7 +168,7 @@ def _score_terms(trial: Trial, z: torch.Tensor):
 
 def _path_terms(trial: Trial, z: torch.Tensor):
     df = trial.f.grad64(z)
-    return df, df * (z - trial.mu64)
+    return df, df * (z - trial.mu64) / 2                 # dz/dlogvar = sigma * eps / 2 = (z - mu) / 2
 
 
 def _loo_baseline(fz: torch.Tensor) -> torch.Tensor:
@@ -183,30 +185,31 @@ def _mean(terms):
     return tuple(t.mean(0) for t in terms)
 
 
-def _gaussian(mu, log_sigma):
-    return td.Independent(td.Normal(mu, log_sigma.exp()), 1)
+def _gaussian(mu, logvar):
+    return td.Independent(td.Normal(mu, (logvar / 2).exp()), 1)
 
 
-def _score_solution(f, mu, log_sigma, n_samples, baseline=None):
+def _score_solution(f, mu, logvar, n_samples, baseline=None):
     """:func:`coursepkg.estimators.score_function_grad` behind the exercise's signature."""
-    g_mu, g_ls = E.score_function_grad(f, _gaussian, [mu, log_sigma], n_samples, baseline=baseline)
-    return g_mu.grad, g_ls.grad
+    g_mu, g_lv = E.score_function_grad(f, _gaussian, [mu, logvar], n_samples, baseline=baseline)
+    return g_mu.grad, g_lv.grad
 
 
-def _baseline_solution(f, mu, log_sigma, n_samples):
-    return _score_solution(f, mu, log_sigma, n_samples, baseline="mean")
+def _baseline_solution(f, mu, logvar, n_samples):
+    return _score_solution(f, mu, logvar, n_samples, baseline="mean")
 
 
-def _reparam_solution(f, mu, log_sigma, n_samples):
+def _reparam_solution(f, mu, logvar, n_samples):
     """:func:`coursepkg.estimators.reparam_grad` behind the exercise's signature."""
-    g_mu, g_ls = E.reparam_grad(f, _gaussian, [mu, log_sigma], n_samples)
-    return g_mu.grad, g_ls.grad
+    g_mu, g_lv = E.reparam_grad(f, _gaussian, [mu, logvar], n_samples)
+    return g_mu.grad, g_lv.grad
 
 
 # --------------------------------------------------------------------------------------------------
 # the samples f saw
 # --------------------------------------------------------------------------------------------------
-SAMPLE_HINT = "z = mu + torch.exp(log_sigma) * eps, with eps = torch.randn(n_samples, D) (dtype and device of mu)"
+SAMPLE_HINT = ("z = mu + torch.exp(logvar / 2) * eps, with eps = torch.randn(n_samples, D) (dtype and device of "
+               "mu)")
 SAME_NOISE = ("the same noise for every sample", f"draw one noise vector per sample: {SAMPLE_HINT}")
 SAMPLE_MESSAGES = {
     **RANDOM_MESSAGES, "constant": SAME_NOISE, "same rows": SAME_NOISE,
@@ -238,16 +241,16 @@ def _samples(f: Recorder, n: int) -> torch.Tensor | None:
 
 def _sampling_slips(trial: Trial):
     """``(name, hint, mean, std)``: the Gaussian each sampling slip draws from."""
-    mu, ls, sigma = trial.mu64, trial.ls64, trial.sigma64
+    mu, lv, sigma = trial.mu64, trial.lv64, trial.sigma64
     one, zero = torch.ones_like(mu), torch.zeros_like(mu)
     return [
-        ("log_sigma used as the standard deviation (std = log_sigma instead of exp(log_sigma))",
-         "sigma = torch.exp(log_sigma): log_sigma can be negative, sigma is always positive", mu, ls.abs()),
-        ("log_sigma taken for the log-variance (std = exp(log_sigma / 2))",
-         "here log_sigma is the log of the standard deviation: sigma = torch.exp(log_sigma)", mu, sigma.sqrt()),
-        ("the variance used as the standard deviation (std = sigma^2)",
-         "scale the noise by sigma = exp(log_sigma), not by sigma^2", mu, sigma**2),
-        ("the noise not scaled by sigma", "z = mu + sigma * eps: multiply the noise by sigma = exp(log_sigma)",
+        ("logvar used as the standard deviation (std = logvar instead of exp(logvar / 2))",
+         "sigma = torch.exp(logvar / 2): logvar can be negative, sigma is always positive", mu, lv.abs()),
+        ("the 1/2 missing: std = exp(logvar), the variance used as the standard deviation (logvar taken for "
+         "log sigma)", "logvar is the log of the variance sigma^2: sigma = torch.exp(logvar / 2)", mu, sigma**2),
+        ("the square root taken twice (std = exp(logvar / 4), sigma taken for the variance)",
+         "sigma = torch.exp(logvar / 2) is already the standard deviation: scale the noise by it", mu, sigma.sqrt()),
+        ("the noise not scaled by sigma", "z = mu + sigma * eps: multiply the noise by sigma = exp(logvar / 2)",
          mu, one),
         ("the noise divided by sigma instead of multiplied", "z = mu + sigma * eps", mu, 1 / sigma),
         ("the mean mu not added to the noise", "z = mu + sigma * eps: shift the scaled noise by mu", zero, sigma),
@@ -265,9 +268,12 @@ def _judge_samples(z: torch.Tensor, trial: Trial) -> None:
     failed = normal_test(u)
     if failed is None:
         return
-    for name, hint, mean, std in _sampling_slips(trial):
-        if normal_test((z - mean) / std) is None:
-            raise Mistake(name, hint)
+    # the slips whose Gaussian the samples look like; with few samples several may, so name the likeliest
+    fits = [(td.Normal(mean, std).log_prob(z).sum().item(), name, hint)
+            for name, hint, mean, std in _sampling_slips(trial) if normal_test((z - mean) / std) is None]
+    if fits:
+        _, name, hint = max(fits, key=lambda t: t[0])
+        raise Mistake(name, hint)
     if looks_uniform(u):
         raise Mistake(*RANDOM_MESSAGES["uniform"])
     raise CheckFailure(f"the samples f was evaluated on do not look like draws of N(mu, sigma^2) (for inputs "
@@ -335,12 +341,12 @@ def _calls(fn, trial: Trial, times: int, pathwise: bool) -> list[tuple]:
     """Call the answer ``times`` times on the same leaves (a ``.backward()`` would accumulate into ``mu.grad``),
     before anything expected is computed; return ``[(output, samples), ...]``. ``pathwise``: fail with the
     detached-sample mistake when ``f`` only ever saw samples without a graph."""
-    mu, ls = trial.leaves()
+    mu, lv = trial.leaves()
     out = []
     for _ in range(times):
         f = Recorder(trial.f, name="f")
         try:
-            got = call(fn, f, mu, ls, trial.n)
+            got = call(fn, f, mu, lv, trial.n)
         except CheckFailure:
             if pathwise and _detached(f):
                 raise Mistake(*DETACHED) from None
@@ -374,9 +380,9 @@ def _accumulated(ref, trial: Trial, z2, terms_fn):
     if ref is None or z2 is None:
         return []
     ref2 = _mean(terms_fn(trial, z2))
-    return [("gradients accumulated over calls (in mu.grad and log_sigma.grad)",
+    return [("gradients accumulated over calls (in mu.grad and logvar.grad)",
              ".backward() adds to the .grad of the leaves, so a second call returns the sum of both calls' gradients: "
-             "use torch.autograd.grad(loss, (mu, log_sigma)), which returns them without storing them",
+             "use torch.autograd.grad(loss, (mu, logvar)), which returns them without storing them",
              ref[0] + ref2[0], ref[1] + ref2[1])]
 
 
@@ -409,15 +415,15 @@ def _estimator_check(answer, *, seed: int, shapes, step: bool, terms_fn, mistake
 
 # --------------------------------------------------------------------------------------------------
 SCORE_HINT = ("the score of the diagonal Gaussian is d/dmu log q(z) = (z - mu) / sigma^2 and "
-              "d/dlog_sigma log q(z) = (z - mu)^2 / sigma^2 - 1")
+              "d/dlogvar log q(z) = ((z - mu)^2 / sigma^2 - 1) / 2")
 
 
 def _score_mistakes(trial: Trial, z: torch.Tensor):
-    """``(name, hint, value for grad_mu or None, value for grad_log_sigma or None)``."""
+    """``(name, hint, value for grad_mu or None, value for grad_logvar or None)``."""
     mu, sigma, n = trial.mu64, trial.sigma64, trial.n
     fz = trial.f.value64(z)[:, None]
     u = (z - mu) / sigma
-    s_mu, s_ls = u / sigma, u**2 - 1
+    s_mu, s_lv = u / sigma, (u**2 - 1) / 2
     log_q = td.Normal(mu, sigma).log_prob(z)                          # (n, D), per coordinate
     p_joint = log_q.sum(1, keepdim=True).exp()                       # q(z), (n, 1)
     p_coord = log_q.exp()                                             # q_d(z_d), (n, D)
@@ -426,8 +432,8 @@ def _score_mistakes(trial: Trial, z: torch.Tensor):
                    "the log-derivative trick differentiates log q: grad q = q * grad log q, and the factor q(z) "
                    f"is already in the expectation; {SCORE_HINT}")
     return [
-        (*missing_log, (fz * p_joint * s_mu).mean(0), (fz * p_joint * s_ls).mean(0)),
-        (*missing_log, (fz * p_coord * s_mu).mean(0), (fz * p_coord * s_ls).mean(0)),
+        (*missing_log, (fz * p_joint * s_mu).mean(0), (fz * p_joint * s_lv).mean(0)),
+        (*missing_log, (fz * p_coord * s_mu).mean(0), (fz * p_coord * s_lv).mean(0)),
         ("f(z) multiplied by log q(z) instead of by its gradient (the score)",
          f"multiply f(z) by the gradient of log q(z) with respect to the parameter; {SCORE_HINT}",
          (fz * log_q).mean(0), (fz * log_q).mean(0)),
@@ -438,16 +444,20 @@ def _score_mistakes(trial: Trial, z: torch.Tensor):
         ("the score computed through a sample that is not detached",
          "if you differentiate log_prob with autograd, the sample must be a constant: use z.detach() (or "
          "torch.no_grad() when sampling); through z = mu + sigma * eps, log q(z) no longer depends on mu",
-         torch.zeros_like(mu), -fz.mean() * torch.ones_like(mu)),
+         torch.zeros_like(mu), -fz.mean() / 2 * torch.ones_like(mu)),
         ("f(z) forgotten: the mean of the score alone", "the estimate averages f(z_i) times the score",
-         s_mu.mean(0), s_ls.mean(0)),
+         s_mu.mean(0), s_lv.mean(0)),
         ("sigma used where sigma^2 belongs", f"{SCORE_HINT}: divide by the variance sigma^2",
-         (fz * u).mean(0), (fz * (u**2 * sigma - 1)).mean(0)),
+         (fz * u).mean(0), (fz * (u**2 * sigma - 1) / 2).mean(0)),
         ("the 1 / sigma^2 missing in the score of mu", f"{SCORE_HINT}", (fz * u * sigma).mean(0), None),
-        ("the -1 forgotten in the score of log_sigma", f"{SCORE_HINT}: the -1 comes from the normalising "
-         "constant, -log sigma", None, (fz * u**2).mean(0)),
-        ("the gradient with respect to sigma, not log_sigma", "by the chain rule, d/dlog_sigma = sigma * d/dsigma: "
-         f"{SCORE_HINT}", None, (fz * s_ls / sigma).mean(0)),
+        ("the -1/2 forgotten in the score of logvar", f"{SCORE_HINT}: the -1/2 comes from the normalising "
+         "constant, -logvar / 2", None, (fz * u**2 / 2).mean(0)),
+        ("the 1/2 missing in the score of logvar (that is the score of log sigma)", "logvar = 2 log sigma, so "
+         f"d/dlogvar = (1/2) d/dlog sigma: {SCORE_HINT}", None, (fz * 2 * s_lv).mean(0)),
+        ("the gradient with respect to sigma, not logvar", "by the chain rule, d/dlogvar = (sigma / 2) d/dsigma: "
+         f"{SCORE_HINT}", None, (fz * 2 * s_lv / sigma).mean(0)),
+        ("the gradient with respect to the variance sigma^2, not logvar", "by the chain rule, d/dlogvar = "
+         f"sigma^2 d/dsigma^2: {SCORE_HINT}", None, (fz * s_lv / sigma**2).mean(0)),
         ("summed over the samples instead of averaged", "the Monte Carlo estimate is the mean over the n_samples "
          "samples: .mean(0), not .sum(0)", n * ref[0], n * ref[1]),
     ]
@@ -460,11 +470,12 @@ def check_score_function(answer):
 
 
 # --------------------------------------------------------------------------------------------------
-DETACHED = ("the sample is detached: no gradient flows from f(z) back to mu and log_sigma",
-            "the pathwise estimator differentiates through z = mu + exp(log_sigma) * eps, so z must be computed "
-            "from mu and log_sigma with autograd on: no .detach(), .data, torch.no_grad() or .item() on the way, "
+DETACHED = ("the sample is detached: no gradient flows from f(z) back to mu and logvar",
+            "the pathwise estimator differentiates through z = mu + exp(logvar / 2) * eps, so z must be computed "
+            "from mu and logvar with autograd on: no .detach(), .data, torch.no_grad() or .item() on the way, "
             "and with torch.distributions use rsample(), not sample()")
-PATH_HINT = "z = mu + exp(log_sigma) * eps; average f(z) over the samples and differentiate with torch.autograd.grad"
+PATH_HINT = ("z = mu + exp(logvar / 2) * eps; average f(z) over the samples and differentiate with "
+             "torch.autograd.grad")
 SCORE_INSTEAD = ("that is the score-function estimator", f"this exercise asks for the pathwise one: {PATH_HINT}")
 
 
@@ -475,10 +486,15 @@ def _path_mistakes(trial: Trial, z: torch.Tensor):
     return [
         ("summed over the samples instead of averaged", "the estimate is the gradient of the mean "
          "f(z).mean(), not of f(z).sum() (that is n_samples times larger)", n * ref[0], n * ref[1]),
-        ("the gradient with respect to sigma, not log_sigma", "z depends on log_sigma through sigma = "
-         "exp(log_sigma): dz/dlog_sigma = sigma * eps; differentiate with respect to log_sigma itself",
+        ("the gradient with respect to sigma, not logvar", "z depends on logvar through sigma = "
+         "exp(logvar / 2): dz/dlogvar = sigma * eps / 2; differentiate with respect to logvar itself",
          None, (df * eps).mean(0)),
-        ("grad_mu and grad_log_sigma swapped", "return (grad_mu, grad_log_sigma), in this order", ref[1], ref[0]),
+        ("the gradient with respect to the variance sigma^2, not logvar", "z depends on logvar through sigma = "
+         "exp(logvar / 2): dz/dlogvar = sigma * eps / 2; differentiate with respect to logvar itself",
+         None, (df * eps / (2 * trial.sigma64)).mean(0)),
+        ("the 1/2 missing in dz/dlogvar (that is the gradient with respect to log sigma)", "sigma = "
+         "exp(logvar / 2), so dz/dlogvar = sigma * eps / 2", None, 2 * ref[1]),
+        ("grad_mu and grad_logvar swapped", "return (grad_mu, grad_logvar), in this order", ref[1], ref[0]),
         (*SCORE_INSTEAD, *_mean(_score_terms(trial, z))),
     ]
 
@@ -513,12 +529,12 @@ BASELINE_HINT = ("the leave-one-out baseline of sample i is the mean of the othe
 
 def _baseline_mistakes(trial: Trial, z: torch.Tensor):
     n, fz = trial.n, trial.f.value64(z)
-    s_mu, s_ls = _score(trial, z)
+    s_mu, s_lv = _score(trial, z)
     b = _loo_baseline(fz)
 
     def est(weight, sub=0.0):
         w = weight[:, None] if weight.dim() == 1 else weight
-        return (w * (s_mu - sub)).mean(0), (w * (s_ls - sub)).mean(0)
+        return (w * (s_mu - sub)).mean(0), (w * (s_lv - sub)).mean(0)
 
     own = ("the baseline depends on the sample itself: b includes f(z_i) (biased)",
            "a baseline keeps the estimator unbiased only if it does not depend on z_i; the mean of all the "
@@ -533,7 +549,9 @@ def _baseline_mistakes(trial: Trial, z: torch.Tensor):
         ("the baseline added instead of subtracted", BASELINE_HINT, *est(fz + b)),
         ("the baseline is missing (the plain score-function estimator)", BASELINE_HINT, *est(fz)),
         ("the score's sign is flipped", SCORE_HINT, *(-t for t in est(fz - b))),
-        ("the -1 forgotten in the score of log_sigma", SCORE_HINT, None, ((fz - b)[:, None] * (s_ls + 1)).mean(0)),
+        ("the -1/2 forgotten in the score of logvar", SCORE_HINT, None, ((fz - b)[:, None] * (s_lv + 0.5)).mean(0)),
+        ("the 1/2 missing in the score of logvar (that is the score of log sigma)", SCORE_HINT, None,
+         ((fz - b)[:, None] * 2 * s_lv).mean(0)),
         ("summed over the samples instead of averaged", "average over the samples: .mean(0)",
          *(n * t for t in est(fz - b))),
     ]
@@ -549,18 +567,18 @@ def check_baseline(answer):
 VARIANCE_SPECS = [(50, 3, 40, "score"), (20, 2, 25, "pathwise"), (10, 4, 30, "synthetic")]  # (n, D, n_repeats, kind)
 
 
-def _variance_solution(estimator, f, mu, log_sigma, n_samples, n_repeats):
-    grads = torch.stack([estimator(f, mu, log_sigma, n_samples)[0] for _ in range(n_repeats)])
+def _variance_solution(estimator, f, mu, logvar, n_samples, n_repeats):
+    grads = torch.stack([estimator(f, mu, logvar, n_samples)[0] for _ in range(n_repeats)])
     return grads.var(dim=0)
 
 
 def _estimator(trial: Trial, kind: str) -> tuple[Recorder, list]:
-    """The estimator ``(f, mu, log_sigma, n_samples) -> (grad_mu, grad_log_sigma)`` handed to the answer of
+    """The estimator ``(f, mu, logvar, n_samples) -> (grad_mu, grad_logvar)`` handed to the answer of
     04.variance, recorded, and the list of the gradients it returned: the score-function or pathwise estimator
     on the trial's Gaussian (closed-form per-sample terms), or a synthetic one."""
     outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def estimator(f, mu, log_sigma, n_samples):
+    def estimator(f, mu, logvar, n_samples):
         t = trial
         if kind == "synthetic":
             g = (t.mu64 + t.sigma64 * torch.randn(t.D, dtype=F64), 0.5 * torch.randn(t.D, dtype=F64) - 1.0)
@@ -582,8 +600,8 @@ def _misused(est: Recorder, trial: Trial) -> str | None:
             return "call the estimator with the f you were given"
         if not (isinstance(a["mu"], torch.Tensor) and close(a["mu"], trial.mu, 0, 0)):
             return "call the estimator with the mu you were given"
-        if not (isinstance(a["log_sigma"], torch.Tensor) and close(a["log_sigma"], trial.ls, 0, 0)):
-            return "call the estimator with the log_sigma you were given (in that position)"
+        if not (isinstance(a["logvar"], torch.Tensor) and close(a["logvar"], trial.lv, 0, 0)):
+            return "call the estimator with the logvar you were given (in that position)"
         if a["n_samples"] != trial.n:
             return (f"the estimator was called with n_samples = {a['n_samples']!r}, not the n_samples = {trial.n} "
                     "you were given")
@@ -600,18 +618,18 @@ def check_variance(answer):
             trial = Trial(case, n, D, step=False)
             torch.manual_seed(44 + n + D)
             est, outputs = _estimator(trial, kind)
-            mu, ls = trial.leaves()
-            got = call(fn, est, trial.f, mu, ls, n, n_repeats)
+            mu, lv = trial.leaves()
+            got = call(fn, est, trial.f, mu, lv, n, n_repeats)
             misuse = _misused(est, trial)
             if misuse:
                 raise CheckFailure(misuse)
             if not outputs:
-                raise CheckFailure("your function never called the estimator: call estimator(f, mu, log_sigma, "
+                raise CheckFailure("your function never called the estimator: call estimator(f, mu, logvar, "
                                    "n_samples) n_repeats times")
             if len(outputs) != n_repeats:
                 raise CheckFailure(f"the estimator was called {len(outputs)} times, expected n_repeats = {n_repeats}: "
                                    "one call per repeat")
-            g_mu, g_ls = (torch.stack([o[j] for o in outputs]).to(F64) for j in (0, 1))     # (n_repeats, D)
+            g_mu, g_lv = (torch.stack([o[j] for o in outputs]).to(F64) for j in (0, 1))     # (n_repeats, D)
             if bool((g_mu == g_mu[0]).all()):  # never for the check's estimators, unless the answer reseeds
                 raise Mistake("every repeat gave the same gradient", "do not reseed the generator inside the loop "
                               "(torch.manual_seed): the repeats must be independent runs")
@@ -631,8 +649,8 @@ def check_variance(answer):
                  "the variance of the repeats already includes the 1 / n_samples: do not divide again", ref / n),
                 ("the per-sample variance (multiplied by n_samples)", "each repeat is already an average over "
                  "n_samples samples: return the variance of those averages, without rescaling", ref * n),
-                ("the variance of grad_log_sigma instead of grad_mu", "the estimator returns (grad_mu, "
-                 "grad_log_sigma): take the first", g_ls.var(0)),
+                ("the variance of grad_logvar instead of grad_mu", "the estimator returns (grad_mu, "
+                 "grad_logvar): take the first", g_lv.var(0)),
                 ("the mean of the gradients instead of their variance", "return the variance over the repeats: "
                  ".var(dim=0)", g_mu.mean(0)),
                 ("the second moment E[g^2] instead of the variance", "subtract the mean before squaring (or use "
