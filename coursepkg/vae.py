@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import distributions as td
@@ -333,3 +334,184 @@ class VAE(nn.Module):
     # ----------------------------------------------------------------------------------------------
     def _check_x(self, x) -> torch.Tensor:
         return V.tensor("x", x, floating=True, min_dim=2, expected="a floating-point batch (N, D) or (N, C, H, W)")
+
+
+# --------------------------------------------------------------------------------------------------
+# the exact posterior of a low-dimensional latent, by quadrature on a grid
+# --------------------------------------------------------------------------------------------------
+class GridPosterior(NamedTuple):
+    r"""What :func:`grid_posterior` returns, every tensor in float64 on the device of the model's output.
+
+    - ``z``: the grid points, ``(G, latent_dim)``; for ``latent_dim = 2`` the grid of
+      ``torch.meshgrid(ticks, ticks, indexing="xy")``, flattened, so that ``t.reshape(n, n)`` of any
+      per-point column ``t`` is indexed ``[j_2, j_1]``, ready for ``contour(Z1, Z2, ...)``;
+    - ``log_joint``: :math:`\log p_\theta(x_n, z_g)`, ``(G, N)``;
+    - ``log_evidence``: :math:`\log p_\theta(x_n)` by quadrature, ``(N,)``;
+    - ``log_posterior``: :math:`\log p_\theta(z_g \mid x_n)`, a log-*density* on the grid, ``(G, N)``;
+    - ``cell``: the volume :math:`h^{D_z}` of one grid cell.
+    """
+
+    z: torch.Tensor
+    log_joint: torch.Tensor
+    log_evidence: torch.Tensor
+    log_posterior: torch.Tensor
+    cell: float
+
+
+@torch.no_grad()
+def grid_posterior(log_joint, x: torch.Tensor, ticks: torch.Tensor, latent_dim: int = 2, *,
+                   chunk_size: int = 2048) -> GridPosterior:
+    r"""The evidence and the exact posterior of a model with a 1-D or 2-D latent, on a grid (Eq. ``grid-quadrature``).
+
+    With grid points :math:`z_g` spaced by :math:`h` in every coordinate (``ticks``, evenly spaced, in
+    each of the ``latent_dim`` coordinates),
+
+    .. math:: \log p_\theta(x) \approx \log \sum_g p_\theta(x, z_g)\, h^{D_z}, \qquad
+              p_\theta(z_g \mid x) \approx \frac{p_\theta(x, z_g)}{p_\theta(x)},
+
+    the rectangle rule, by log-sum-exp. The error is the grid's: negligible when the grid covers the
+    posterior's mass and its spacing is small against the posterior's width.
+
+    ``log_joint(x, z)`` takes ``x`` ``(N, ...)`` and ``z`` ``(S, N, latent_dim)`` and returns
+    :math:`\log p_\theta(x, z)` ``(S, N)``, like :meth:`VAE.log_joint` (pass ``model.log_joint``).
+    The grid's points are passed ``chunk_size`` at a time, on ``x``'s device. Returns a
+    :class:`GridPosterior`.
+    """
+    V.function("log_joint", log_joint)
+    x = V.tensor("x", x, min_dim=2, expected="a batch (N, ...) of data points")
+    ticks = V.tensor("ticks", ticks, shape=("n",), floating=True, finite=True)
+    latent_dim = V.positive_int("latent_dim", latent_dim)
+    chunk_size = V.positive_int("chunk_size", chunk_size)
+    if latent_dim > 2:
+        raise ValueError(f"latent_dim={latent_dim}: a grid of len(ticks)**latent_dim points is only practical for "
+                         "a latent of 1 or 2 dimensions (use importance sampling, VAE.log_likelihood, beyond)")
+    if len(ticks) < 2:
+        raise ValueError(f"ticks must hold at least 2 evenly spaced points, got {len(ticks)}")
+    steps = ticks.double().diff()
+    h = steps.mean().item()
+    if h <= 0 or not torch.allclose(steps, torch.full_like(steps, h), rtol=1e-4, atol=0.0):
+        raise ValueError("ticks must be increasing and evenly spaced (e.g. torch.linspace(-4, 4, 121))")
+    ticks = ticks.to(x.device)
+    if latent_dim == 1:
+        z = ticks[:, None]
+    else:
+        z1, z2 = torch.meshgrid(ticks, ticks, indexing="xy")
+        z = torch.stack([z1.flatten(), z2.flatten()], 1)
+    n = x.shape[0]
+    parts = []
+    for zc in z.split(chunk_size):
+        out = log_joint(x, zc[:, None, :].expand(-1, n, -1))
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(zc), n):
+            got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"log_joint(x, z) must return (S, N) = ({len(zc)}, {n}) for z of shape "
+                             f"({len(zc)}, {n}, {latent_dim}); got {got}")
+        parts.append(out.double())
+    lj = torch.cat(parts)                                                               # (G, N)
+    cell = h**latent_dim
+    log_evidence = torch.logsumexp(lj, 0) + math.log(cell)
+    return GridPosterior(z.double(), lj, log_evidence, lj - log_evidence, cell)
+
+
+# --------------------------------------------------------------------------------------------------
+# the aggregated posterior and the two splits of the prior-matching term
+# --------------------------------------------------------------------------------------------------
+def _posteriors(mu, logvar) -> tuple[torch.Tensor, torch.Tensor]:
+    mu = V.tensor("mu", mu, shape=("N", "latent_dim"), floating=True)
+    logvar = V.tensor("logvar", logvar, shape=("N", "latent_dim"), floating=True)
+    if logvar.shape != mu.shape:
+        raise ValueError(f"mu and logvar must have the same shape (N, latent_dim); got {list(mu.shape)} and "
+                         f"{list(logvar.shape)}")
+    return mu, V.same_dtype_device("logvar", logvar, mu, "mu")
+
+
+def aggregated_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log q_\phi(z)` of the aggregated posterior :math:`q_\phi(z) = \frac1N\sum_n q_\phi(z\mid x_n)`
+    (Eq. ``aggregated-posterior``), a mixture of the ``N`` diagonal Gaussians
+    :math:`q_\phi(z \mid x_n) = \mathcal N(\mu_n, \operatorname{diag}\exp(\mathrm{logvar}_n))`:
+
+    .. math:: \log q_\phi(z) = \operatorname{logsumexp}_n \log\mathcal N(z;\ \mu_n, \operatorname{diag}\sigma_n^2)
+              - \log N.
+
+    ``mu`` and ``logvar`` are the encoder's outputs for the ``N`` data points, ``(N, latent_dim)``; ``z`` is
+    ``(M, latent_dim)``; returns ``(M,)``. The points are taken a chunk at a time (about ``2**24`` numbers
+    of ``(chunk, N, latent_dim)``), so that ``N`` in the tens of thousands fits in memory.
+    """
+    mu, logvar = _posteriors(mu, logvar)
+    z = V.tensor("z", z, shape=("M", mu.shape[1]), floating=True)
+    z = V.same_dtype_device("z", z, mu, "mu")
+    n, dz = mu.shape
+    chunk = max(1, IWAE_CHUNK_ELEMENTS // (n * dz))
+    return torch.cat([torch.logsumexp(P.gaussian_log_prob(c[:, None, :], mu, logvar), 1) for c in z.split(chunk)]
+                     ) - math.log(n)
+
+
+def sample_aggregated(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int, *, seed: int | None = None,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``n_samples`` draws of the aggregated posterior (Eq. ``aggregated-posterior``) and the index of the
+    component each came from: draw :math:`n` uniformly, then :math:`z \sim q_\phi(z \mid x_n)`.
+
+    Returns ``(z, index)``, ``(n_samples, latent_dim)`` and ``(n_samples,)``. ``seed`` or ``generator``
+    (on ``mu``'s device) makes it repeatable."""
+    mu, logvar = _posteriors(mu, logvar)
+    n_samples = V.positive_int("n_samples", n_samples)
+    g = V.generator(seed, generator, device=mu.device)
+    index = torch.randint(0, mu.shape[0], (n_samples,), generator=g, device=mu.device)
+    eps = torch.randn(n_samples, mu.shape[1], generator=g, dtype=mu.dtype, device=mu.device)
+    return mu[index] + torch.exp(0.5 * logvar[index]) * eps, index
+
+
+class KLPriorSplit(NamedTuple):
+    r"""The terms of Eq. ``kl-prior-split``, each a :class:`~coursepkg.probability.MonteCarloEstimate` from
+    the same samples of :math:`q_\phi(z)`, so that ``mutual_information + aggregated_kl`` equals
+    ``average_kl`` exactly and ``cross_entropy`` minus the closed-form average entropy equals it in
+    expectation:
+
+    - ``average_kl``: :math:`\frac1N\sum_n \mathrm{KL}(q_\phi(z\mid x_n)\,\|\,p(z))`, the average KL term;
+    - ``mutual_information``: :math:`I_q(x; z) = \frac1N\sum_n \mathrm{KL}(q_\phi(z\mid x_n)\,\|\,q_\phi(z))`;
+    - ``aggregated_kl``: :math:`\mathrm{KL}(q_\phi(z)\,\|\,p(z))`;
+    - ``cross_entropy``: :math:`H(q_\phi(z), p(z)) = -\mathbb E_{q_\phi(z)}[\log p(z)]`;
+    - ``aggregated_entropy``: :math:`H(q_\phi(z)) = -\mathbb E_{q_\phi(z)}[\log q_\phi(z)]`.
+    """
+
+    average_kl: P.MonteCarloEstimate
+    mutual_information: P.MonteCarloEstimate
+    aggregated_kl: P.MonteCarloEstimate
+    cross_entropy: P.MonteCarloEstimate
+    aggregated_entropy: P.MonteCarloEstimate
+
+
+@torch.no_grad()
+def kl_prior_split(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int, *, seed: int | None = None,
+                   generator: torch.Generator | None = None) -> KLPriorSplit:
+    r"""Monte Carlo estimates of the two splits of the average KL term (Eq. ``kl-prior-split``) for a
+    standard normal prior, from ``n_samples`` draws :math:`(n, z)` of :math:`q(n, z) = \frac1N q_\phi(z\mid x_n)`:
+
+    .. math:: I_q(x; z) \approx \frac1S\sum_s \big[\log q_\phi(z_s\mid x_{n_s}) - \log q_\phi(z_s)\big], \qquad
+              \mathrm{KL}(q_\phi(z)\,\|\,p(z)) \approx \frac1S\sum_s \big[\log q_\phi(z_s) - \log p(z_s)\big],
+
+    with :math:`\log q_\phi(z)` from :func:`aggregated_log_prob`. ``mu`` and ``logvar`` ``(N, latent_dim)``
+    are the encoder's outputs for the ``N`` data points (the components of :math:`q_\phi(z)`). Both
+    estimates are unbiased, and :math:`0 \le I_q \le \log N`. Returns a :class:`KLPriorSplit`.
+    """
+    mu, logvar = _posteriors(mu, logvar)
+    n_samples = V.integer("n_samples", n_samples, minimum=2)
+    z, index = sample_aggregated(mu, logvar, n_samples, seed=seed, generator=generator)
+    log_qn = P.gaussian_log_prob(z, mu[index], logvar[index])                     # log q(z_s | x_{n_s})
+    log_qbar = aggregated_log_prob(z, mu, logvar)                                 # log q(z_s)
+    log_p = P.gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))      # log p(z_s)
+    mc = P.mean_and_stderr
+    return KLPriorSplit(mc(log_qn - log_p), mc(log_qn - log_qbar), mc(log_qbar - log_p), mc(-log_p), mc(-log_qbar))
+
+
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int, *, seed: int | None = None,
+                       generator: torch.Generator | None = None) -> P.MonteCarloEstimate:
+    r"""The Monte Carlo estimate of :math:`I_q(x; z)` of Eq. ``kl-prior-split``: the ``mutual_information``
+    of :func:`kl_prior_split` (same arguments)."""
+    return kl_prior_split(mu, logvar, n_samples, seed=seed, generator=generator).mutual_information
+
+
+def aggregated_kl(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int, *, seed: int | None = None,
+                  generator: torch.Generator | None = None) -> P.MonteCarloEstimate:
+    r"""The Monte Carlo estimate of :math:`\mathrm{KL}(q_\phi(z)\,\|\,p(z))` of Eq. ``kl-prior-split``: the
+    ``aggregated_kl`` of :func:`kl_prior_split` (same arguments)."""
+    return kl_prior_split(mu, logvar, n_samples, seed=seed, generator=generator).aggregated_kl

@@ -14,6 +14,7 @@ from torch import nn
 
 import coursepkg.vae as V
 from coursepkg import elbo as E
+from coursepkg import probability as P
 from coursepkg.data import digits
 from coursepkg.nn import MLP, AutoregressiveDecoder
 from coursepkg.train import fit
@@ -438,3 +439,144 @@ def test_an_autoregressive_decoder_needs_x_and_the_bernoulli_likelihood():
         VAE.mlp(D, (8,), DZ).decode(z.float(), torch.zeros(N, D))
     with pytest.raises(ValueError, match="bernoulli likelihood"):
         VAE(MLP(D, (), 2 * DZ), AutoregressiveDecoder(DZ, D), DZ, "gaussian")
+
+
+# --------------------------------------------------------------------------------------------------
+# the exact posterior on a grid, against a linear-Gaussian model (exact evidence and posterior)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_grid_posterior_gives_the_exact_evidence_and_posterior_of_a_linear_gaussian(latent_dim):
+    g = torch.Generator().manual_seed(0)
+    W = 0.8 * torch.randn(5, latent_dim, generator=g, dtype=torch.float64)
+    model = E.LinearGaussianModel(W, noise_var=0.5)
+    x = model.sample(4, generator=g).x
+    ticks = torch.linspace(-6, 6, 241 if latent_dim == 2 else 2001, dtype=torch.float64)
+    grid = V.grid_posterior(model.log_joint, x, ticks, latent_dim, chunk_size=1000)
+    n_grid = len(ticks) ** latent_dim
+    assert grid.z.shape == (n_grid, latent_dim) and grid.log_joint.shape == (n_grid, 4)
+    assert grid.cell == pytest.approx((12 / (len(ticks) - 1)) ** latent_dim)
+    torch.testing.assert_close(grid.log_evidence, model.log_likelihood(x), atol=1e-6, rtol=0)
+    # the posterior is a density that integrates to one, and it is the exact Gaussian posterior
+    torch.testing.assert_close(torch.logsumexp(grid.log_posterior, 0) + math.log(grid.cell),
+                               torch.zeros(4, dtype=torch.float64), atol=1e-9, rtol=0)
+    exact = model.posterior(x).log_prob(grid.z[:, None, :])                              # (G, N)
+    torch.testing.assert_close(grid.log_posterior, exact, atol=1e-6, rtol=0)
+    if latent_dim == 2:  # the meshgrid "xy" layout: reshape(n, n) is indexed [j_2, j_1]
+        Z1, Z2 = torch.meshgrid(ticks, ticks, indexing="xy")
+        torch.testing.assert_close(grid.z[:, 0].reshape(len(ticks), -1), Z1)
+        torch.testing.assert_close(grid.z[:, 1].reshape(len(ticks), -1), Z2)
+
+
+def test_grid_posterior_of_a_vae_and_its_errors():
+    torch.manual_seed(0)
+    model = VAE.mlp(D, (16,), 2).double()
+    x = (torch.rand(3, D, dtype=torch.float64) > 0.5).double()
+    grid = V.grid_posterior(model.log_joint, x, torch.linspace(-5, 5, 101, dtype=torch.float64))
+    # importance sampling with many samples agrees with the quadrature
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.log_likelihood(x, 20_000), grid.log_evidence, atol=0.02, rtol=0)
+    ticks = torch.linspace(-1, 1, 5)
+    with pytest.raises(ValueError, match="latent_dim=3"):
+        V.grid_posterior(model.log_joint, x, ticks, 3)
+    with pytest.raises(ValueError, match="evenly spaced"):
+        V.grid_posterior(model.log_joint, x, torch.tensor([0.0, 0.1, 0.5]))
+    with pytest.raises(ValueError, match="at least 2"):
+        V.grid_posterior(model.log_joint, x, torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="log_joint must be callable"):
+        V.grid_posterior(None, x, ticks)
+    with pytest.raises(ValueError, match=r"must return \(S, N\)"):
+        V.grid_posterior(lambda x, z: z.sum(-1).sum(0), x, ticks)
+    with pytest.raises(ValueError, match="ticks must have shape"):
+        V.grid_posterior(model.log_joint, x, ticks[None])
+
+
+# --------------------------------------------------------------------------------------------------
+# the aggregated posterior, the mutual information and KL(q(z) || p(z))
+# --------------------------------------------------------------------------------------------------
+def _posteriors(n=7, dz=2, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    mu = scale * torch.randn(n, dz, generator=g, dtype=torch.float64)
+    logvar = torch.empty(n, dz, dtype=torch.float64).uniform_(-2, 0.5, generator=g)
+    return mu, logvar
+
+
+def test_aggregated_log_prob_is_the_mixture_of_the_posteriors():
+    mu, logvar = _posteriors()
+    z = torch.randn(11, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    comps = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+    mixture = td.MixtureSameFamily(td.Categorical(probs=torch.full((7,), 1 / 7, dtype=torch.float64)), comps)
+    torch.testing.assert_close(V.aggregated_log_prob(z, mu, logvar), mixture.log_prob(z))
+    # one component: the Gaussian itself
+    torch.testing.assert_close(V.aggregated_log_prob(z, mu[:1], logvar[:1]), P.gaussian_log_prob(z, mu[0], logvar[0]))
+
+
+def test_aggregated_log_prob_chunks(monkeypatch):
+    mu, logvar = _posteriors()
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    whole = V.aggregated_log_prob(z, mu, logvar)
+    monkeypatch.setattr(V, "IWAE_CHUNK_ELEMENTS", 20)        # one point (7 x 2 numbers) a chunk
+    torch.testing.assert_close(V.aggregated_log_prob(z, mu, logvar), whole)
+
+
+def test_sample_aggregated_draws_component_then_gaussian():
+    mu = torch.tensor([[-10.0, 0.0], [10.0, 5.0]], dtype=torch.float64)
+    logvar = torch.log(torch.tensor([[0.01, 0.04], [0.25, 1.0]], dtype=torch.float64))
+    z, index = V.sample_aggregated(mu, logvar, 40_000, seed=0)
+    assert z.shape == (40_000, 2) and index.shape == (40_000,)
+    assert abs(index.double().mean().item() - 0.5) < 0.01
+    for k in (0, 1):
+        zk = z[index == k]
+        torch.testing.assert_close(zk.mean(0), mu[k], atol=0.05, rtol=0)
+        torch.testing.assert_close(zk.var(0), logvar[k].exp(), atol=0.05, rtol=0.05)
+    again, _ = V.sample_aggregated(mu, logvar, 40_000, seed=0)
+    assert torch.equal(z, again)
+
+
+def test_kl_prior_split_adds_up_and_matches_the_closed_forms():
+    mu, logvar = _posteriors(n=20)
+    split = V.kl_prior_split(mu, logvar, 40_000, seed=0)
+    closed_kl = P.kl_standard_normal(mu, logvar).mean()
+    assert abs(split.average_kl.estimate - closed_kl) < 4 * split.average_kl.stderr
+    # the same samples: the first split adds up exactly
+    torch.testing.assert_close(split.mutual_information.estimate + split.aggregated_kl.estimate,
+                               split.average_kl.estimate)
+    closed_cross = (0.5 * (math.log(2 * math.pi) + mu**2 + logvar.exp())).sum(1).mean()
+    assert abs(split.cross_entropy.estimate - closed_cross) < 4 * split.cross_entropy.stderr
+    assert 0 < split.mutual_information.estimate < math.log(20)
+    assert split.aggregated_kl.estimate > 0
+    # the thin wrappers return the same numbers for the same seed
+    torch.testing.assert_close(V.mutual_information(mu, logvar, 40_000, seed=0).estimate,
+                               split.mutual_information.estimate)
+    torch.testing.assert_close(V.aggregated_kl(mu, logvar, 40_000, seed=0).estimate, split.aggregated_kl.estimate)
+
+
+def test_kl_prior_split_limits():
+    # posteriors equal to the prior: no information and no mismatch, exactly
+    zeros = torch.zeros(5, 3, dtype=torch.float64)
+    split = V.kl_prior_split(zeros, zeros, 1_000, seed=0)
+    for term in (split.average_kl, split.mutual_information, split.aggregated_kl):
+        assert abs(term.estimate.item()) < 1e-12
+    # identical posteriors: the code says nothing about n
+    mu, logvar = _posteriors(n=1)
+    same = V.kl_prior_split(mu.expand(6, -1), logvar.expand(6, -1), 1_000, seed=0)
+    assert abs(same.mutual_information.estimate.item()) < 1e-12
+    # far apart, narrow posteriors: the code names n, I_q = log N
+    far = V.kl_prior_split(torch.arange(8.0, dtype=torch.float64)[:, None] * 10, torch.full((8, 1), -4.0,
+                           dtype=torch.float64), 1_000, seed=0)
+    assert abs(far.mutual_information.estimate.item() - math.log(8)) < 1e-9
+
+
+def test_aggregated_posterior_functions_reject_bad_inputs():
+    mu, logvar = _posteriors()
+    with pytest.raises(ValueError, match="mu and logvar must have the same shape"):
+        V.kl_prior_split(mu, logvar[:, :1], 100)
+    with pytest.raises(ValueError, match="mu must have shape"):
+        V.aggregated_log_prob(torch.zeros(3, 2, dtype=torch.float64), mu[0], logvar[0])
+    with pytest.raises(ValueError, match="z must have shape"):
+        V.aggregated_log_prob(torch.zeros(3, 5, dtype=torch.float64), mu, logvar)
+    with pytest.raises(ValueError, match="z is torch.float32"):
+        V.aggregated_log_prob(torch.zeros(3, 2), mu, logvar)
+    with pytest.raises(ValueError, match="n_samples"):
+        V.kl_prior_split(mu, logvar, 1)
+    with pytest.raises(TypeError, match="mu must be"):
+        V.sample_aggregated(mu.numpy(), logvar, 10)

@@ -57,8 +57,11 @@ def served(page: str, extra: str = ""):
     if not os.path.isdir(MATHJAX_DIR):
         sys.exit(f"no MathJax in {MATHJAX_DIR}: run `npm install --prefix /tmp/mj mathjax@3` or set MATHJAX_DIR")
     page = os.path.abspath(page)
-    mark = "/_build/html/"
-    root = page[: page.index(mark) + len(mark) - 1] if mark in page else os.path.dirname(page)
+    root = os.path.dirname(page)  # the site's root: the nearest folder above the page holding _static/
+    while not os.path.isdir(os.path.join(root, "_static")) and os.path.dirname(root) != root:
+        root = os.path.dirname(root)
+    if not os.path.isdir(os.path.join(root, "_static")):
+        root = os.path.dirname(page)
     name = os.path.relpath(page, root)
     link = os.path.join(root, "__mathjax")
     copy = os.path.join(os.path.dirname(page), "__look_" + os.path.basename(page))
@@ -110,16 +113,17 @@ def shot(page: str, out: str, height: int, tile: int) -> int:
     with served(page) as url:
         chromium(f"--window-size={WIDTH},{height}", "--virtual-time-budget=20000", f"--screenshot={full}", url)
     img = Image.open(full).convert("RGB")
-    px, (w, h) = img.load(), img.size
-    bottom = h
-    while bottom > 1 and all(px[x, bottom - 1] == (255, 255, 255) for x in range(0, w, 16)):
-        bottom -= 1
-    for i, top in enumerate(range(0, bottom, tile)):
-        name = f"{out}_{i:02d}.png"
-        img.crop((0, top, w, min(top + tile, bottom))).save(name)
+    w, h = img.size
+    n = 0
+    for top in range(0, h, tile):
+        part = img.crop((0, top, w, min(top + tile, h)))
+        lo, hi = zip(*part.crop((w // 4, 0, w, part.size[1])).getextrema(), strict=True)  # right of the sidebar
+        if max(hi) - min(lo) < 60:  # nothing but background: past the end of the page
+            continue
+        name = f"{out}_{n:02d}.png"
+        part.save(name)
         print(name)
-    if bottom >= h - 2:
-        print(f"the page may be longer than --height {height}: raise it", file=sys.stderr)
+        n += 1
     return 0
 
 
