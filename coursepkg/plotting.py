@@ -17,8 +17,9 @@ The rules every chapter's figures follow (COURSE.md, "The book"):
   ``{numref}`` by its name.
 
 Helpers for what several chapters draw: :func:`image_grid` (a mosaic of small images),
-:func:`scatter_2d` (2-D samples on equal axes) and :func:`density_grid` (a log-density on a grid,
-for contour plots).
+:func:`scatter_2d` (2-D samples on equal axes), :func:`density_grid` (a log-density on a grid,
+for contour plots) and :func:`ellipse_params` / :func:`gaussian_ellipse` (the n-standard-deviation
+ellipse of a 2-D Gaussian).
 """
 
 from __future__ import annotations
@@ -200,3 +201,32 @@ def density_grid(log_density: Callable[[torch.Tensor], torch.Tensor], lim: float
     if out.shape != (n * n,):
         raise ValueError(f"log_density returned shape {tuple(out.shape)} for {n * n} points; expected ({n * n},)")
     return X1, X2, out.reshape(n, n).detach().cpu()
+
+
+def ellipse_params(mean, cov, n_std: float = 2.0) -> tuple[list[float], float, float, float]:
+    """``(centre, width, height, angle)`` of the ``n_std``-standard-deviation ellipse of the 2-D Gaussian
+    ``N(mean, cov)``, as :class:`matplotlib.patches.Ellipse` takes them (the angle in degrees).
+
+    The axes are the eigenvectors of ``cov``, their half-lengths ``n_std`` times the square roots of
+    its eigenvalues: the ellipse is the contour ``(x - mean)^T cov^{-1} (x - mean) = n_std^2``.
+    """
+    mean = torch.as_tensor(mean).detach().to("cpu", torch.float64)
+    cov = torch.as_tensor(cov).detach().to("cpu", torch.float64)
+    if mean.shape != (2,) or cov.shape != (2, 2):
+        raise ValueError(f"mean must be (2,) and cov (2, 2), got {tuple(mean.shape)} and {tuple(cov.shape)}")
+    n_std = V.number("n_std", n_std, positive=True)
+    vals, vecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+    if not vals[0] > 0:
+        raise ValueError(f"cov must be positive definite, its eigenvalues are {vals.tolist()}")
+    angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))  # direction of the larger axis
+    return mean.tolist(), 2 * n_std * vals[1].sqrt().item(), 2 * n_std * vals[0].sqrt().item(), angle
+
+
+def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs):
+    """Draw the ``n_std``-standard-deviation ellipse of ``N(mean, cov)`` on ``ax`` (unfilled by
+    default; ``kwargs`` go to :class:`matplotlib.patches.Ellipse`) and return the patch."""
+    from matplotlib.patches import Ellipse
+
+    centre, width, height, angle = ellipse_params(mean, cov, n_std)
+    kwargs.setdefault("fill", False)
+    return ax.add_patch(Ellipse(centre, width, height, angle=angle, **kwargs))

@@ -115,7 +115,8 @@ def graded(tmp_path_factory):
     # a typical mistake in one exercise, another one left blank
     bob = _exercise(**{n: True for n in ALL if n != "reparameterize"})
     kl = _cell_defining(bob, "kl_diag_gaussians")
-    kl.source = kl.source.replace("(logvar_p - logvar_q", "(logvar_q - logvar_p")
+    assert "logvar_p - logvar_q" in kl.source, "the mistake below must change the solution's KL"
+    kl.source = kl.source.replace("logvar_p - logvar_q", "logvar_q - logvar_p")
     nbformat.write(bob, subs / "bob.ipynb")
     # the kernel dies in the middle of the notebook
     nbformat.write(_exercise(**{**dict.fromkeys(ALL, True), "mean_and_stderr": "import os\nos._exit(1)\n"}),

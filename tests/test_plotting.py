@@ -90,3 +90,25 @@ def test_image_grid_scatter_and_density_grid_draw():
     assert lp[5, 5] == pytest.approx(0.0) and lp[0, 0] == pytest.approx(-4.0)
     with pytest.raises(ValueError, match="returned shape"):
         plotting.density_grid(lambda p: p, 2.0, n=5)
+
+
+def test_ellipse_params_trace_the_n_std_contour():
+    import math
+
+    cov = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+    mean = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    centre, width, height, angle = plotting.ellipse_params(mean, cov, n_std=2.0)
+    assert centre == [1.0, -1.0] and width >= height
+    # the end of the larger axis lies on the contour (x - m)^T cov^-1 (x - m) = n_std^2
+    a = math.radians(angle)
+    tip = torch.tensor([math.cos(a), math.sin(a)], dtype=torch.float64) * width / 2
+    assert float(tip @ torch.linalg.solve(cov, tip)) == pytest.approx(4.0)
+    tip = torch.tensor([-math.sin(a), math.cos(a)], dtype=torch.float64) * height / 2
+    assert float(tip @ torch.linalg.solve(cov, tip)) == pytest.approx(4.0)
+    ax = plt.gca()
+    patch = plotting.gaussian_ellipse(ax, mean, cov, color="C1")
+    assert patch in ax.patches and not patch.get_fill()
+    with pytest.raises(ValueError, match="positive definite"):
+        plotting.ellipse_params(mean, torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        plotting.ellipse_params(torch.zeros(3), cov)
