@@ -261,3 +261,12 @@ def test_install_cell_that_cannot_install_says_what_it_tried_and_what_to_do(tmp_
     assert any(line.startswith("RuntimeError: could not install the course package") for line in last)
     assert str(missing) in run.stderr  # what was tried
     assert "Install it by hand" in last[-1] and "pip install -e ." in last[-1]
+
+
+def test_kernels_run_on_an_ipykernel_without_the_lost_wakeup_hang():
+    # ipykernel 7 can leave an execute_request unread (ipython/ipykernel issue 1554): constraints.txt
+    # keeps the Makefile's and CI's environment on ipykernel 6
+    from importlib.metadata import version
+
+    assert "ipykernel>=6.29,<7" in (ROOT / "constraints.txt").read_text()
+    assert int(version("ipykernel").split(".")[0]) == 6
