@@ -247,15 +247,16 @@ def eps_from_score(xt: torch.Tensor, t, score: torch.Tensor, schedule: Schedule)
 
 
 def elbo_weight(t, schedule: Schedule, *, variance: str = "beta_tilde") -> torch.Tensor:
-    """The weight of the noise error in the ELBO term :math:`L_{t-1}` (Eq. ``ddpm-elbo-weight``):
+    r"""The weight of the noise error in the ELBO term :math:`L_{t-1}` (Eq. ``ddpm-elbo-weight``):
 
-    .. math:: \\mathrm{KL}\\big(q(x_{t-1}\\mid x_t, x_0)\\,\\|\\,p_\\theta(x_{t-1}\\mid x_t)\\big)
-              = \\frac{\\beta_t^2}{2\\sigma_t^2\\,\\alpha_t(1 - \\bar\\alpha_t)}\\,\\|\\varepsilon - \\varepsilon_\\theta\\|^2,
+    .. math:: \mathrm{KL}\big(q(x_{t-1}\mid x_t, x_0)\,\|\,p_\theta(x_{t-1}\mid x_t)\big)
+              = \frac{\beta_t^2}{2\sigma_t^2\,\alpha_t(1 - \bar\alpha_t)}
+                \,\|\varepsilon - \varepsilon_\theta\|^2,
 
-    when both Gaussians have the variance :math:`\\sigma_t^2 I` and the model's mean is written with
+    when both Gaussians have the variance :math:`\sigma_t^2 I` and the model's mean is written with
     its noise prediction (:func:`mean_from_eps`). ``variance`` is the reverse variance
-    :math:`\\sigma_t^2`: ``"beta_tilde"`` (the posterior's, :math:`\\tilde\\beta_t`; valid for ``t >= 2``, since
-    :math:`\\tilde\\beta_1 = 0`) or ``"beta"`` (:math:`\\beta_t`). The simplified loss sets every weight to 1.
+    :math:`\sigma_t^2`: ``"beta_tilde"`` (the posterior's, :math:`\tilde\beta_t`; valid for ``t >= 2``, since
+    :math:`\tilde\beta_1 = 0`) or ``"beta"`` (:math:`\beta_t`). The simplified loss sets every weight to 1.
     Returns one weight per entry of ``t``.
     """
     if variance not in ("beta_tilde", "beta"):
