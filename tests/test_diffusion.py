@@ -231,3 +231,25 @@ def test_elbo_weight_turns_the_noise_error_into_the_kl_of_the_means(schedule):
         D.elbo_weight(1, schedule)
     with pytest.raises(ValueError, match="beta_tilde' or 'beta'"):
         D.elbo_weight(2, schedule, variance="tilde")
+
+
+def test_reverse_kernel_is_bayes_rule_on_a_grid_and_its_mean_is_the_denoised_posterior_mean():
+    # 1-D, where q(x_{t-1} | x_t) ∝ q(x_t | x_{t-1}) q(x_{t-1}) can be normalised on a fine grid
+    data = G.GMM(torch.tensor([0.4, 0.6], dtype=torch.float64), torch.tensor([[-1.5], [1.0]], dtype=torch.float64),
+                 torch.tensor([[[0.05]], [[0.2]]], dtype=torch.float64))
+    s = D.Schedule.named("linear", 20, beta_start=0.05, beta_end=0.3)  # large steps: far from Gaussian
+    grid = torch.linspace(-6, 6, 24_001, dtype=torch.float64)[:, None]
+    for t, xt in ((3, 0.4), (12, -0.7), (20, 1.3)):
+        xt = torch.tensor([xt], dtype=torch.float64)
+        log_prior = exact.marginal(data, t - 1, s).log_likelihood(grid) if t > 1 else data.log_likelihood(grid)
+        beta = s.betas[t]
+        log_lik = P.gaussian_log_prob(xt, (1 - beta).sqrt() * grid, beta.log().expand_as(grid))
+        dens = (log_prior + log_lik).exp()
+        dens = dens / torch.trapezoid(dens, grid[:, 0])
+        kernel = exact.reverse_kernel(data, xt, t, s)
+        torch.testing.assert_close(kernel.log_likelihood(grid).exp(), dens, atol=1e-6, rtol=1e-5)
+        mean = (kernel.weights[:, None] * kernel.means).sum(0)
+        x0_hat = exact.posterior_mean_x0(data, xt[None], t, s)
+        torch.testing.assert_close(mean, D.q_posterior(x0_hat, xt[None], t, s)[0][0])
+    with pytest.raises(ValueError, match=r"one point of shape \(1,\)"):
+        exact.reverse_kernel(data, torch.zeros(3, 1, dtype=torch.float64), 3, s)

@@ -9,6 +9,8 @@ component is pushed through the same linear-Gaussian map ``x_t = sqrt(alpha_bar_
 So the score :math:`\\nabla\\log q(x_t)`, the optimal denoiser :math:`\\mathbb E[x_0 \\mid x_t]` and the best
 possible noise predictor are exact, and a trained network can be compared with the optimum.
 :class:`OptimalDenoiser` is that optimum with a network's call signature, ``model(xt, t) -> eps``.
+:func:`posterior_x0` and :func:`reverse_kernel` give, for one point, the posterior of the data and the
+true reverse step :math:`q(x_{t-1} \mid x_t)`, both mixtures too.
 """
 
 from __future__ import annotations
@@ -74,3 +76,43 @@ class OptimalDenoiser:
             rows = t == step
             out[rows] = self(xt[rows], step)
         return out
+
+
+def _one_point(name: str, x: torch.Tensor, data: G.GMM) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.shape != (data.dim,):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be one point of shape ({data.dim},), got {got}")
+    return x.to(data.dtype)
+
+
+def posterior_x0(data: G.GMM, xt: torch.Tensor, t: int, schedule: Schedule) -> G.GMM:
+    """:math:`q(x_0 \\mid x_t)` for one point ``xt`` ``(D,)``: a mixture again, each component's linear-Gaussian
+    posterior (:math:`C_k = (\\Sigma_k^{-1} + \\frac{\\bar\\alpha_t}{1-\\bar\\alpha_t} I)^{-1}`) weighted by the
+    responsibility of its noised component for ``xt``."""
+    ab = _alpha_bar(schedule, t)
+    xt = _one_point("xt", xt, data)
+    resp = G.e_step(xt[None], marginal(data, t, schedule))[0]
+    eye = torch.eye(data.dim, dtype=data.dtype, device=data.device)
+    prec = torch.linalg.inv(data.covariances) + ab / (1 - ab) * eye                  # (K, D, D)
+    cov = torch.linalg.inv(prec)
+    cov = 0.5 * (cov + cov.mT)
+    rhs = torch.linalg.solve(data.covariances, data.means.unsqueeze(-1)).squeeze(-1) + ab ** 0.5 / (1 - ab) * xt
+    means = (cov @ rhs.unsqueeze(-1)).squeeze(-1)
+    return G.GMM(resp, means, cov)
+
+
+def reverse_kernel(data: G.GMM, xt: torch.Tensor, t: int, schedule: Schedule) -> G.GMM:
+    """The true reverse step :math:`q(x_{t-1} \\mid x_t)` for one point ``xt`` ``(D,)`` (Eq. ``true-reverse-kernel``).
+
+    It averages the posterior :math:`q(x_{t-1} \\mid x_t, x_0) = \\mathcal N(a x_0 + b x_t, \\tilde\\beta_t I)` over
+    :math:`q(x_0 \\mid x_t)`; both are Gaussian given a component, so the result is a mixture with
+    means :math:`a\\,m_k + b\\,x_t` and covariances :math:`a^2 C_k + \\tilde\\beta_t I`. It is close to one
+    Gaussian only when :math:`\\beta_t` is small: the reason a diffusion takes many small steps.
+    """
+    post = posterior_x0(data, xt, t, schedule)
+    t = int(schedule.check_t(t))
+    a = float(schedule.posterior_mean_coef_x0[t])
+    b = float(schedule.posterior_mean_coef_xt[t])
+    var = float(schedule.posterior_variance[t])
+    eye = torch.eye(data.dim, dtype=data.dtype, device=data.device)
+    return G.GMM(post.weights, a * post.means + b * xt.to(data.dtype), a ** 2 * post.covariances + var * eye)
