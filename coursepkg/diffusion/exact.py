@@ -10,7 +10,7 @@ So the score :math:`\\nabla\\log q(x_t)`, the optimal denoiser :math:`\\mathbb E
 possible noise predictor are exact, and a trained network can be compared with the optimum.
 :class:`OptimalDenoiser` is that optimum with a network's call signature, ``model(xt, t) -> eps``.
 :func:`posterior_x0` and :func:`reverse_kernel` give, for one point, the posterior of the data and the
-true reverse step :math:`q(x_{t-1} \mid x_t)`, both mixtures too.
+true reverse step :math:`q(x_{t-1} \\mid x_t)`, both mixtures too.
 """
 
 from __future__ import annotations
