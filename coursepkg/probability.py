@@ -209,6 +209,21 @@ class MonteCarloEstimate(NamedTuple):
         return f"MonteCarloEstimate(shape={list(est.shape)}, n={self.n})"
 
 
+def compare(name: str, exact, mc: MonteCarloEstimate, tol: float = 4.0) -> float:
+    """The book's numerical check: print a closed form beside a Monte Carlo estimate, one line, and
+    raise ``AssertionError`` if they differ by more than ``tol`` standard errors. Returns that
+    difference in standard errors (0 for an exact match with a zero standard error)."""
+    if not (hasattr(mc, "estimate") and hasattr(mc, "stderr")):
+        raise TypeError(f"mc must be a MonteCarloEstimate (from mean_and_stderr), got {type(mc).__name__}")
+    tol = V.number("tol", tol, positive=True)
+    exact, est, se = float(exact), float(mc.estimate), float(mc.stderr)
+    print(f"{name}: exact {exact:.4f} | Monte Carlo {est:.4f} ± {se:.4f}")
+    gap = abs(est - exact) / se if se > 0 else (0.0 if est == exact else math.inf)
+    if not gap <= tol:
+        raise AssertionError(f"{name}: {est:.5f} is {gap:.1f} standard errors from {exact:.5f}")
+    return gap
+
+
 def mean_and_stderr(values: torch.Tensor, dim: int = 0) -> MonteCarloEstimate:
     r"""Sample mean and its standard error :math:`\hat\sigma/\sqrt n` along ``dim`` (Eq. ``mc-standard-error``).
 

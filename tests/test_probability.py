@@ -874,3 +874,17 @@ def test_effective_sample_size_bounds_and_invariance():
         P.effective_sample_size(torch.tensor([0.0, float("nan")]))
     with pytest.raises(ValueError, match="scalar"):
         P.effective_sample_size(torch.tensor(0.0))
+
+
+def test_compare_prints_one_line_and_fails_beyond_tol_standard_errors(capsys):
+    mc = P.MonteCarloEstimate(torch.tensor(1.02), torch.tensor(0.01), 100)
+    assert P.compare("mean", 1.0, mc) == pytest.approx(2.0)
+    assert capsys.readouterr().out == "mean: exact 1.0000 | Monte Carlo 1.0200 ± 0.0100\n"
+    with pytest.raises(AssertionError, match="2.0 standard errors"):
+        P.compare("mean", 1.0, mc, tol=1.5)
+    exact = P.MonteCarloEstimate(torch.tensor(3.0), torch.tensor(0.0), 10)
+    assert P.compare("constant", 3.0, exact) == 0.0
+    with pytest.raises(AssertionError):
+        P.compare("constant", 3.1, exact)
+    with pytest.raises(TypeError, match="MonteCarloEstimate"):
+        P.compare("x", 1.0, 1.02)
