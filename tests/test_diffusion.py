@@ -215,22 +215,37 @@ def test_optimal_denoiser_minimises_the_simplified_loss(mixture):
         exact.OptimalDenoiser("not a mixture", s)
 
 
-def test_elbo_weight_turns_the_noise_error_into_the_kl_of_the_means(schedule):
+def test_elbo_weight_turns_each_predictors_error_into_the_kl_of_the_means(schedule):
     gen = _gen(11)
     x0, eps, eps_hat = (torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(3))
     for variance, steps in (("beta_tilde", torch.tensor([2, 5, schedule.T - 1, schedule.T])),
-                            ("beta", torch.tensor([1, 2, 7, schedule.T]))):
+                            ("beta", torch.tensor([2, 3, 7, schedule.T]))):
         xt = D.q_sample(x0, steps, eps, schedule)
         true_mean, _ = D.q_posterior(x0, xt, steps, schedule)
         model_mean = D.mean_from_eps(xt, steps, eps_hat, schedule)
-        var = (schedule.posterior_variance if variance == "beta_tilde" else schedule.betas)[steps]
+        var = D.reverse_variance(schedule, variance)[steps]
         kl = torch.stack([P.kl_equal_variance(true_mean[i], model_mean[i], var[i]) for i in range(4)])
-        weighted = D.elbo_weight(steps, schedule, variance=variance) * ((eps - eps_hat) ** 2).sum(-1)
-        torch.testing.assert_close(weighted, kl.reshape(4))
-    with pytest.raises(ValueError, match="infinite at t = 1"):
+        # the same model written as each of the four predictors: one KL, four weights
+        x0_hat = D.x0_from_eps(xt, steps, eps_hat, schedule)
+        errors = {"eps": eps - eps_hat, "x0": x0 - x0_hat, "mean": true_mean - model_mean,
+                  "score": D.score_from_eps(xt, steps, eps, schedule) - D.score_from_eps(xt, steps, eps_hat, schedule)}
+        for target, err in errors.items():
+            weighted = D.elbo_weight(steps, schedule, variance=variance, target=target) * (err ** 2).sum(-1)
+            torch.testing.assert_close(weighted, kl.reshape(4), msg=f"{variance}, {target}")
+    with pytest.raises(ValueError, match="t = 2..T"):
         D.elbo_weight(1, schedule)
-    with pytest.raises(ValueError, match="beta_tilde' or 'beta'"):
+    with pytest.raises(ValueError, match="'beta_tilde', 'beta'"):
         D.elbo_weight(2, schedule, variance="tilde")
+    with pytest.raises(ValueError, match="target must be one of"):
+        D.elbo_weight(2, schedule, target="v")
+
+
+def test_the_weights_in_snr_form(schedule):
+    # with sigma_t^2 = beta_tilde_t: w_x0 = (SNR_{t-1} - SNR_t) / 2 and w_eps = (SNR_{t-1} / SNR_t - 1) / 2
+    t = torch.arange(2, schedule.T + 1)
+    snr = schedule.snr
+    torch.testing.assert_close(D.elbo_weight(t, schedule, target="x0"), (snr[t - 1] - snr[t]) / 2)
+    torch.testing.assert_close(D.elbo_weight(t, schedule, target="eps"), (snr[t - 1] / snr[t] - 1) / 2)
 
 
 def test_reverse_kernel_is_bayes_rule_on_a_grid_and_its_mean_is_the_denoised_posterior_mean():

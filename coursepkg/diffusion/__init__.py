@@ -246,25 +246,113 @@ def eps_from_score(xt: torch.Tensor, t, score: torch.Tensor, schedule: Schedule)
     return -(1 - schedule.at(schedule.alpha_bar, t, xt)).sqrt() * score
 
 
-def elbo_weight(t, schedule: Schedule, *, variance: str = "beta_tilde") -> torch.Tensor:
-    r"""The weight of the noise error in the ELBO term :math:`L_{t-1}` (Eq. ``ddpm-elbo-weight``):
+def q_step(x_prev: torch.Tensor, t, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """One forward step, a draw of :math:`q(x_t \\mid x_{t-1}) = \\mathcal N(\\sqrt{\\alpha_t}\\,x_{t-1}, \\beta_t I)`:
+    :math:`x_t = \\sqrt{1-\\beta_t}\\,x_{t-1} + \\sqrt{\\beta_t}\\,\\varepsilon` (Eq. ``ddpm-forward``). The noise is
+    scaled by the *standard deviation* :math:`\\sqrt{\\beta_t}`, not by :math:`\\beta_t`."""
+    x_prev, eps = _x("x_prev", x_prev), _x("eps", eps)
+    _same("eps", eps, "x_prev", x_prev)
+    beta = schedule.at(schedule.betas, t, x_prev)
+    return (1 - beta).sqrt() * x_prev + beta.sqrt() * eps
+
+
+def forward_chain(x0: torch.Tensor, schedule: Schedule, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A whole forward trajectory from each row of ``x0``, one :func:`q_step` at a time: a tensor
+    ``(T + 1, *x0.shape)`` whose entry ``t`` is ``x_t`` (entry 0 is ``x0`` itself)."""
+    x0 = _x("x0", x0)
+    out = [x0]
+    dev = x0.device if generator is None else generator.device
+    for t in range(1, schedule.T + 1):
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=dev).to(x0.device)
+        out.append(q_step(out[-1], t, eps, schedule))
+    return torch.stack(out)
+
+
+def reverse_variance(schedule: Schedule, variance: str = "beta_tilde") -> torch.Tensor:
+    """The reverse process's fixed variances :math:`\\sigma_t^2` (Ho et al. 2020, section 3.2), ``T + 1`` entries
+    indexed by ``t``: ``"beta_tilde"`` (:math:`\\tilde\\beta_t`, the posterior's, right when the data is one
+    point) or ``"beta"`` (:math:`\\beta_t`, right when the data is :math:`\\mathcal N(0, I)`). Entry 1 is
+    :math:`\\beta_1` for both: it is the variance of the decoder :math:`p_\\theta(x_0 \\mid x_1)`, since
+    :math:`\\tilde\\beta_1 = 0`."""
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {', '.join(map(repr, VARIANCES))}, got {variance!r}")
+    out = (schedule.posterior_variance if variance == "beta_tilde" else schedule.betas).clone()
+    out[1] = schedule.betas[1]
+    return out
+
+
+VARIANCES = ("beta_tilde", "beta")
+TARGETS = ("eps", "x0", "mean", "score")
+
+
+def elbo_weight(t, schedule: Schedule, *, variance: str = "beta_tilde", target: str = "eps") -> torch.Tensor:
+    r"""The weight :math:`w_t` of a predictor's squared error in the ELBO term :math:`L_{t-1}`
+    (Eq. ``ddpm-elbo-weight``):
 
     .. math:: \mathrm{KL}\big(q(x_{t-1}\mid x_t, x_0)\,\|\,p_\theta(x_{t-1}\mid x_t)\big)
-              = \frac{\beta_t^2}{2\sigma_t^2\,\alpha_t(1 - \bar\alpha_t)}
-                \,\|\varepsilon - \varepsilon_\theta\|^2,
+              = \frac{\|\tilde\mu_t - \mu_\theta\|^2}{2\sigma_t^2} + c_t = w_t\,\|y - y_\theta\|^2 + c_t,
 
-    when both Gaussians have the variance :math:`\sigma_t^2 I` and the model's mean is written with
-    its noise prediction (:func:`mean_from_eps`). ``variance`` is the reverse variance
-    :math:`\sigma_t^2`: ``"beta_tilde"`` (the posterior's, :math:`\tilde\beta_t`; valid for ``t >= 2``, since
-    :math:`\tilde\beta_1 = 0`) or ``"beta"`` (:math:`\beta_t`). The simplified loss sets every weight to 1.
-    Returns one weight per entry of ``t``.
+    when both Gaussians have the variance :math:`\sigma_t^2 I` (:func:`reverse_variance`; ``c_t`` is 0 when
+    :math:`\sigma_t^2 = \tilde\beta_t`) and the model's mean is written with its prediction :math:`y_\theta` of
+
+    - ``target="eps"``, the noise: :math:`w_t = \beta_t^2 / (2\sigma_t^2\alpha_t(1-\bar\alpha_t))`;
+    - ``"x0"``, the data: :math:`w_t = \bar\alpha_{t-1}\beta_t^2 / (2\sigma_t^2(1-\bar\alpha_t)^2)`;
+    - ``"mean"``, the posterior mean itself: :math:`w_t = 1/(2\sigma_t^2)`;
+    - ``"score"``, :math:`\nabla\log q(x_t)`: :math:`w_t = \beta_t^2 / (2\sigma_t^2\alpha_t)`.
+
+    With :math:`\sigma_t^2 = \tilde\beta_t` the x0 weight is :math:`\frac12(\mathrm{SNR}_{t-1} - \mathrm{SNR}_t)` and
+    the eps weight :math:`\frac12(\mathrm{SNR}_{t-1}/\mathrm{SNR}_t - 1)` (Kingma et al. 2021). The simplified
+    loss sets the eps weight to 1. ``t`` is in ``2..T`` (:math:`L_0` is a decoder term, not this KL); returns
+    one weight per entry of ``t``.
     """
-    if variance not in ("beta_tilde", "beta"):
-        raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(map(repr, TARGETS))}, got {target!r}")
+    sigma2 = reverse_variance(schedule, variance)
     t = schedule.check_t(t)
-    sigma2 = (schedule.posterior_variance if variance == "beta_tilde" else schedule.betas)[t]
-    if variance == "beta_tilde" and bool((t == 1).any()):
-        raise ValueError("with variance='beta_tilde' the weight is infinite at t = 1 (beta_tilde_1 = 0): "
-                         "the term L_0 is a decoder term, not a KL; use t >= 2 or variance='beta'")
-    beta, alpha, ab = schedule.betas[t], schedule.alphas[t], schedule.alpha_bar[t]
-    return beta ** 2 / (2 * sigma2 * alpha * (1 - ab))
+    if bool((t == 1).any()):
+        raise ValueError("the weights are those of the KL terms L_{t-1}, t = 2..T; at t = 1 the term L_0 is the "
+                         "decoder's log-likelihood (see coursepkg.diffusion.loss.elbo)")
+    beta, alpha, ab, ab_prev = schedule.betas[t], schedule.alphas[t], schedule.alpha_bar[t], schedule.alpha_bar[t - 1]
+    scale = {"eps": beta ** 2 / (alpha * (1 - ab)), "x0": ab_prev * beta ** 2 / (1 - ab) ** 2,
+             "mean": torch.ones_like(beta), "score": beta ** 2 / alpha}[target]
+    return scale / (2 * sigma2[t])
+
+
+# --- the variance-exploding alternative ---------------------------------------------------------
+def ve_sigmas(T: int, sigma_min: float = 0.01, sigma_max: float = 50.0) -> torch.Tensor:
+    """The noise levels of a variance-exploding process (Song and Ermon 2019): ``T + 1`` entries indexed by
+    ``t``, ``sigma_0 = 0`` and ``sigma_1..sigma_T`` geometric from ``sigma_min`` to ``sigma_max``
+    (Eq. ``ve-forward``)."""
+    T = V.positive_int("T", T)
+    lo = V.number("sigma_min", sigma_min, positive=True)
+    hi = V.number("sigma_max", sigma_max, positive=True)
+    if hi <= lo:
+        raise ValueError(f"sigma_max must exceed sigma_min, got {hi} <= {lo}")
+    steps = torch.logspace(math.log10(lo), math.log10(hi), T, dtype=torch.float64)
+    return torch.cat([steps.new_zeros(1), steps])
+
+
+def ve_q_step(x_prev: torch.Tensor, t: int, eps: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """One variance-exploding step, a draw of
+    :math:`q(x_t \\mid x_{t-1}) = \\mathcal N(x_{t-1}, (\\sigma_t^2 - \\sigma_{t-1}^2) I)` (Eq. ``ve-forward``):
+    nothing shrinks the signal, so the variance grows by :math:`\\sigma_t^2` in all."""
+    x_prev, eps = _x("x_prev", x_prev), _x("eps", eps)
+    _same("eps", eps, "x_prev", x_prev)
+    t = V.integer("t", t, minimum=1)
+    if sigmas.dim() != 1 or t >= sigmas.numel():
+        raise ValueError(f"t must lie in 1..{sigmas.numel() - 1} for these sigmas (T + 1 entries), got {t}")
+    return x_prev + float(sigmas[t] ** 2 - sigmas[t - 1] ** 2) ** 0.5 * eps
+
+
+from coursepkg.diffusion.loss import (  # noqa: E402  (the loss module uses the functions above)
+    ELBOTerms,
+    discretized_gaussian_log_likelihood,
+    elbo,
+    elbo_consistency,
+    simplified_loss,
+)
+
+__all__ = ["Schedule", "SCHEDULES", "MAX_BETA", "VARIANCES", "TARGETS", "q_sample", "q_step", "forward_chain",
+           "q_posterior", "x0_from_eps", "eps_from_x0", "mean_from_eps", "score_from_eps", "eps_from_score",
+           "reverse_variance", "elbo_weight", "ve_sigmas", "ve_q_step", "ELBOTerms", "elbo", "elbo_consistency",
+           "simplified_loss", "discretized_gaussian_log_likelihood"]

@@ -11,14 +11,26 @@ possible noise predictor are exact, and a trained network can be compared with t
 :class:`OptimalDenoiser` is that optimum with a network's call signature, ``model(xt, t) -> eps``.
 :func:`posterior_x0` and :func:`reverse_kernel` give, for one point, the posterior of the data and the
 true reverse step :math:`q(x_{t-1} \\mid x_t)`, both mixtures too.
+
+Expectations over a mixture (:func:`expectation`) are computed by Gauss-Hermite quadrature, component by
+component: with them :func:`optimal_elbo` gives the ELBO of the best DDPM *exactly* (to quadrature precision,
+far below any Monte Carlo error), to compare with :func:`expected_log_likelihood`.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
+from coursepkg import _validate as V
 from coursepkg import gmm as G
-from coursepkg.diffusion import Schedule
+from coursepkg import probability as P
+from coursepkg.diffusion import ELBOTerms, Schedule, elbo_weight, reverse_variance
+
+QUADRATURE_NODES = {1: 80, 2: 32, 3: 12}
+"""Gauss-Hermite nodes per dimension (so ``n ** D`` points per component) used by default."""
 
 
 def _alpha_bar(schedule: Schedule, t: int) -> float:
@@ -116,3 +128,130 @@ def reverse_kernel(data: G.GMM, xt: torch.Tensor, t: int, schedule: Schedule) ->
     var = float(schedule.posterior_variance[t])
     eye = torch.eye(data.dim, dtype=data.dtype, device=data.device)
     return G.GMM(post.weights, a * post.means + b * xt.to(data.dtype), a ** 2 * post.covariances + var * eye)
+
+
+# --------------------------------------------------------------------------------------------------
+# exact expectations, and the exact ELBO of the optimal model
+# --------------------------------------------------------------------------------------------------
+def _mixture(name: str, m) -> G.GMM:
+    if not isinstance(m, G.GMM):
+        raise TypeError(f"{name} must be a coursepkg.gmm.GMM, got {type(m).__name__}")
+    return m
+
+
+def _hermite(d: int, nodes: int | None, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Hermite points ``z (n^D, D)`` and weights ``(n^D,)`` for the standard normal in ``D`` dimensions."""
+    if d > 3:
+        raise ValueError(f"quadrature needs nodes ** D points; D = {d} is too many, use Monte Carlo instead")
+    n = QUADRATURE_NODES[d] if nodes is None else V.positive_int("nodes", nodes)
+    z1, w1 = np.polynomial.hermite_e.hermegauss(n)                      # weight exp(-z^2 / 2)
+    z1 = torch.as_tensor(z1, dtype=dtype, device=device)
+    w1 = torch.as_tensor(w1 / math.sqrt(2 * math.pi), dtype=dtype, device=device)
+    z = torch.cartesian_prod(*[z1] * d).reshape(-1, d)
+    return z, torch.cartesian_prod(*[w1] * d).reshape(-1, d).prod(1)
+
+
+def expectation(f, mixture: G.GMM, *, nodes: int | None = None) -> torch.Tensor:
+    """:math:`\\mathbb E_{x \\sim \\text{mixture}}[f(x)]` by Gauss-Hermite quadrature in each component:
+    ``sum_k pi_k sum_i w_i f(mu_k + L_k z_i)`` on a tensor grid of ``nodes ** D`` points ``z_i`` (exact for
+    polynomials of degree below ``2 * nodes``; for the smooth functions here, to about machine precision).
+    ``f`` maps points ``(M, D)`` to ``(M,)`` or ``(M, ...)``. For ``D <= 3``; beyond, use Monte Carlo."""
+    mixture = _mixture("mixture", mixture)
+    V.function("f", f)
+    d = mixture.dim
+    z, w = _hermite(d, nodes, mixture.dtype, mixture.device)
+    L = torch.linalg.cholesky(mixture.covariances)                     # (K, D, D)
+    points = mixture.means[:, None] + torch.einsum("kij,mj->kmi", L, z)  # (K, n^D, D)
+    values = f(points.reshape(-1, d))
+    values = values.reshape(mixture.n_components, z.shape[0], *values.shape[1:])
+    weights = (mixture.weights[:, None] * w[None]).reshape(mixture.n_components, -1, *([1] * (values.dim() - 2)))
+    return (weights * values).sum((0, 1))
+
+
+def expected_log_likelihood(data: G.GMM, *, nodes: int | None = None) -> torch.Tensor:
+    """:math:`\\mathbb E_{x_0 \\sim q}[\\log q(x_0)]`, minus the entropy of the data: the best any model's
+    average log-likelihood can be, and so the target of every ELBO below."""
+    data = _mixture("data", data)
+    return expectation(data.log_likelihood, data, nodes=nodes)
+
+
+def denoising_error(data: G.GMM, t, schedule: Schedule, *, nodes: int | None = None) -> torch.Tensor:
+    """The smallest possible noise error at step ``t`` (an int, or a 1-D tensor of steps),
+    :math:`\\mathbb E\\|\\varepsilon - \\mathbb E[\\varepsilon \\mid x_t]\\|^2
+    = D - \\mathbb E\\|\\varepsilon^*(x_t)\\|^2` (the error is orthogonal to the prediction):
+    the floor of the simplified loss at ``t``, by quadrature over
+    :math:`q(x_t)`. Vectorised over the steps (the same computation as :func:`score`, for every ``t`` at once)."""
+    data = _mixture("data", data)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a coursepkg.diffusion.Schedule, got {type(schedule).__name__}")
+    ts = schedule.check_t(t)
+    flat = ts.reshape(-1)
+    d, K = data.dim, data.n_components
+    z, w = _hermite(d, nodes, data.dtype, data.device)
+    eye = torch.eye(d, dtype=data.dtype, device=data.device)
+    log_pi = data.weights.log()
+    qw = (data.weights[:, None] * w[None]).reshape(-1)                  # (K M,) quadrature weights
+    out = []
+    chunk = max(1, 2_000_000 // (K * K * z.shape[0] * d))
+    for part in flat.split(chunk):
+        ab = schedule.alpha_bar[part].to(data.dtype)[:, None, None, None]                    # (c, 1, 1, 1)
+        means = ab[..., 0].sqrt() * data.means                                               # (c, K, D)
+        L = torch.linalg.cholesky(ab * data.covariances + (1 - ab) * eye)                    # (c, K, D, D)
+        x = (means[:, :, None] + torch.einsum("ckij,mj->ckmi", L, z)).flatten(1, 2)          # (c, K M, D)
+        diff = (means[:, None] - x[:, :, None]).unsqueeze(-1)                                # (c, K M, K, D, 1)
+        y = torch.linalg.solve_triangular(L[:, None], diff, upper=False)                     # L^-1 (m - x)
+        log_det = torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)[:, None]                 # (c, 1, K)
+        log_n = -0.5 * (y ** 2).sum((-2, -1)) - log_det - d / 2 * math.log(2 * math.pi)
+        resp = torch.softmax(log_pi + log_n, -1)                                             # (c, K M, K)
+        pull = torch.linalg.solve_triangular(L[:, None].mT, y, upper=True).squeeze(-1)      # C^-1 (m - x)
+        sc = (resp.unsqueeze(-1) * pull).sum(-2)                                             # (c, K M, D)
+        eps_sq = (1 - ab[:, 0, 0, 0])[:, None] * (sc ** 2).sum(-1)                           # |eps*|^2
+        out.append(d - (eps_sq * qw).sum(-1))
+    return torch.cat(out).reshape(ts.shape)
+
+
+def optimal_elbo(data: G.GMM, schedule: Schedule, *, variance: str = "beta_tilde",
+                 nodes: int | None = None) -> ELBOTerms:
+    """Every term of the negative ELBO of the optimal DDPM (:class:`OptimalDenoiser`, reverse variance
+    ``variance``, Gaussian decoder), averaged over the data exactly: an :class:`ELBOTerms` with one row.
+
+    With the optimal noise prediction each :math:`L_{t-1}` is its weight times :func:`denoising_error`,
+    plus the variance mismatch :math:`\\frac D2(r - 1 - \\log r)`, :math:`r = \\tilde\\beta_t/\\sigma_t^2`;
+    :math:`L_0 = \\frac D2\\log(2\\pi\\beta_1) + \\mathbb E\\|\\varepsilon - \\varepsilon^*\\|^2 / (2\\alpha_1)`
+    and :math:`L_T` is the Gaussian KL averaged with the data's second moment. ``total`` minus
+    :func:`expected_log_likelihood` is the gap of the bound (Eq. ``gmm-exact-elbo``)."""
+    data = _mixture("data", data)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a coursepkg.diffusion.Schedule, got {type(schedule).__name__}")
+    d, T = data.dim, schedule.T
+    sigma2 = reverse_variance(schedule, variance)
+    err = denoising_error(data, torch.arange(1, T + 1), schedule, nodes=nodes).to(torch.float64)   # t = 1..T
+    steps = torch.zeros(1, T + 1, dtype=torch.float64)
+    steps[0, 1] = d / 2 * math.log(2 * math.pi * float(schedule.betas[1])) + err[0] / (2 * float(schedule.alphas[1]))
+    if T >= 2:
+        ts = torch.arange(2, T + 1)
+        r = schedule.posterior_variance[ts] / sigma2[ts]
+        steps[0, 2:] = d / 2 * (r - 1 - r.log()) + elbo_weight(ts, schedule, variance=variance) * err[1:]
+    ab = float(schedule.alpha_bar[T])
+    second_moment = float((data.weights * ((data.means ** 2).sum(1) +
+                                           torch.diagonal(data.covariances, dim1=1, dim2=2).sum(1))).sum())
+    prior = 0.5 * (ab * second_moment + d * (1 - ab) - d - d * math.log(1 - ab))
+    return ELBOTerms(steps, torch.tensor([prior], dtype=torch.float64))
+
+
+def moments(mixture: G.GMM) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean ``(D,)`` and covariance ``(D, D)`` of a mixture: the Gaussian that matches its first two moments."""
+    mixture = _mixture("mixture", mixture)
+    w, m = mixture.weights, mixture.means
+    mean = (w[:, None] * m).sum(0)
+    second = (w[:, None, None] * (mixture.covariances + m[:, :, None] * m[:, None, :])).sum(0)
+    return mean, second - mean[:, None] * mean[None, :]
+
+
+def gaussian_fit_kl(mixture: G.GMM, *, nodes: int | None = None) -> torch.Tensor:
+    """:math:`\\mathrm{KL}(\\text{mixture} \\,\\|\\, \\mathcal N(m, S))` for the moment-matched Gaussian
+    (:func:`moments`), the closest Gaussian in this direction: 0 exactly when the mixture is one Gaussian.
+    Applied to :func:`reverse_kernel` it measures how far the true reverse step is from the Gaussian a DDPM
+    assumes."""
+    mean, cov = moments(mixture)
+    return expectation(lambda x: mixture.log_likelihood(x) - P.mvn_log_prob(x, mean, cov), mixture, nodes=nodes)
