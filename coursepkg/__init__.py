@@ -11,8 +11,9 @@ The chapters' mathematics, one module per idea (chapters 06-10 add theirs beside
 - :mod:`coursepkg.elbo`        chapter 03: ELBO and IWAE estimators, an exact linear-Gaussian model, amortized inference
 - :mod:`coursepkg.estimators`  chapter 04: score-function and pathwise gradients, Gumbel-softmax, straight-through
 - :mod:`coursepkg.vae`         chapter 05: the variational autoencoder (loss, sampling, importance-weighted log p(x))
-- :mod:`coursepkg.diffusion`   chapters 08-10 (begun): the noise schedule, q(x_t | x_0), its posterior, the
-  predictor conversions, the ELBO weights; ``diffusion.exact``: a Gaussian mixture diffused in closed form
+- :mod:`coursepkg.diffusion`   chapter 08 (09-10 add to it): the noise schedule, q(x_t | x_0), its posterior, the
+  predictor conversions and their ELBO weights, the VE process; ``diffusion.loss``: the ELBO term by term and
+  the simplified loss; ``diffusion.exact``: a Gaussian mixture diffused in closed form, its exact ELBO
 
 What the chapters share:
 
