@@ -118,7 +118,7 @@ class Schedule:
     @property
     def posterior_variance(self) -> torch.Tensor:
         """:math:`\\tilde\\beta_t = \\frac{1 - \\bar\\alpha_{t-1}}{1 - \\bar\\alpha_t}\\beta_t`
-        (``0`` at ``t = 0`` and ``t = 1``)."""
+        (``0`` at ``t = 0`` and ``t = 1``; diffusers returns ``1e-20`` at ``t = 1`` to keep its log finite)."""
         ab = self.alpha_bar
         out = torch.zeros_like(ab)
         out[1:] = (1 - ab[:-1]) / (1 - ab[1:]) * self.betas[1:]
