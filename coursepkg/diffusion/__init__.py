@@ -351,8 +351,21 @@ from coursepkg.diffusion.loss import (  # noqa: E402  (the loss module uses the 
     elbo_consistency,
     simplified_loss,
 )
+from coursepkg.diffusion.sampling import (  # noqa: E402
+    DDPM,
+    DDIMSampler,
+    DDPMSampler,
+    Samples,
+    StepOutput,
+    annealed_langevin,
+    ddim_invert,
+    langevin,
+    sample,
+    timesteps,
+)
 
 __all__ = ["Schedule", "SCHEDULES", "MAX_BETA", "VARIANCES", "TARGETS", "q_sample", "q_step", "forward_chain",
            "q_posterior", "x0_from_eps", "eps_from_x0", "mean_from_eps", "score_from_eps", "eps_from_score",
            "reverse_variance", "elbo_weight", "ve_sigmas", "ve_q_step", "ELBOTerms", "elbo", "elbo_consistency",
-           "simplified_loss", "discretized_gaussian_log_likelihood"]
+           "simplified_loss", "discretized_gaussian_log_likelihood", "DDPM", "DDPMSampler", "DDIMSampler", "Samples",
+           "StepOutput", "sample", "timesteps", "ddim_invert", "langevin", "annealed_langevin"]
