@@ -468,3 +468,45 @@ def fashion_mnist(root: str | os.PathLike | None = None, **kwargs) -> tuple[torc
     if "kind" in kwargs:
         raise TypeError("fashion_mnist() takes no kind argument; call mnist(kind=...) instead")
     return mnist(root, kind="fashion", **kwargs)
+
+
+def _kaist_swiss_roll_moments() -> tuple[float, float]:
+    """The overall mean and standard deviation (one scalar each, over both coordinates) of the KAIST roll.
+
+    ``make_swiss_roll(hole=True)`` draws ``t`` uniformly on three bands ``[1.5 pi, 2.5 pi]``, ``[2.5 pi, 3.5 pi]``,
+    ``[3.5 pi, 4.5 pi]`` with weights 3/8, 2/8, 3/8 (the hole removes one of the nine cells of the ``(t, y)``
+    rectangle, in the middle band) and keeps ``(t cos t, t sin t)``; the moments follow in closed form:
+    ``int t cos t = t sin t + cos t``, ``int t sin t = sin t - t cos t`` and ``x^2 + z^2 = t^2``."""
+    mean_x = mean_z = mean_t2 = 0.0
+    for band, weight in zip(range(3), (3 / 8, 2 / 8, 3 / 8)):
+        a, b = math.pi * (1.5 + band), math.pi * (2.5 + band)
+        mean_x += weight / math.pi * ((b * math.sin(b) + math.cos(b)) - (a * math.sin(a) + math.cos(a)))
+        mean_z += weight / math.pi * ((math.sin(b) - b * math.cos(b)) - (math.sin(a) - a * math.cos(a)))
+        mean_t2 += weight / math.pi * (b**3 - a**3) / 3
+    mean = (mean_x + mean_z) / 2
+    return mean, math.sqrt(mean_t2 / 2 - mean**2)
+
+
+def kaist_swiss_roll(n: int, *, seed: int | None = None, generator: torch.Generator | None = None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``n`` points of the swiss roll of the KAIST CS492(D) diffusion assignments, shape ``(n, 2)``.
+
+    As ``2d_plot_diffusion_todo/dataset.py`` of KAIST-Visual-AI-Group/Diffusion-Assignment1-DDPM (Fall 2024)
+    builds it: scikit-learn's ``make_swiss_roll(n, noise=0.0, hole=True)``, its coordinates 0 and 2, minus
+    their overall mean, divided by their overall standard deviation (one scalar each, over both coordinates
+    together: ``(ds - ds.mean()) / ds.std()``), times 2. KAIST takes these statistics from its draw of
+    1 000 000 points; here they are the exact values of the distribution (mean 1.650, standard deviation
+    6.768, :func:`_kaist_swiss_roll_moments`), so that every draw, of any size, is scaled alike. The data
+    set of :func:`coursepkg.metrics.chamfer`'s KAIST bar (below 20 at 2 048 samples against 2 048 points).
+
+    scikit-learn draws from NumPy: its ``random_state`` is an int drawn from ``seed`` or ``generator`` (with
+    neither, from torch's global generator, like every sampler here).
+    """
+    from sklearn.datasets import make_swiss_roll
+
+    n = V.positive_int("n", n)
+    g = V.generator(seed, generator)
+    random_state = int(torch.randint(0, V.SEED_LIMIT, (1,), generator=g, device=g.device).item())
+    points = make_swiss_roll(n, noise=0.0, random_state=random_state, hole=True)[0][:, [0, 2]]
+    mean, std = _kaist_swiss_roll_moments()
+    return torch.as_tensor(2 * (points - mean) / std, dtype=dtype)

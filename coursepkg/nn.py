@@ -22,6 +22,7 @@ that the VAE splits into ``(mu, logvar)`` (:mod:`coursepkg.vae`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -262,3 +263,209 @@ class AutoregressiveDecoder(nn.Module):
                            device=generator.device if generator is not None else z.device).to(z.device)
             x[:, i] = (u < probs[:, i]).to(x.dtype)
         return x, probs
+
+
+# --------------------------------------------------------------------------------------------------
+# time-conditioned networks (chapter 09): forward(xt, t) -> eps
+# --------------------------------------------------------------------------------------------------
+def _batch_steps(t, n: int, like: torch.Tensor) -> torch.Tensor:
+    """``t`` as a 1-D tensor of ``n`` steps on ``like``'s device: an int (or a float, or a 0-d tensor) is
+    broadcast to the batch, a tensor ``(n,)`` is taken as it is (integer or floating, one step per row)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+        raise TypeError(f"t must be an int, a float or a tensor (N,) of steps, got {type(t).__name__}")
+    t = torch.as_tensor(t, device=like.device)
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"t must hold integer or real steps, got dtype {t.dtype}")
+    if t.dim() == 0:
+        return t.expand(n)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"t must be one int for the whole batch or a tensor (N,) = ({n},), one step per row of "
+                         f"xt; got shape {list(t.shape)}")
+    return t
+
+
+class SinusoidalEmbedding(nn.Module):
+    r"""The sinusoidal embedding of a step ``t`` (Vaswani et al. 2017, used by Ho et al. 2020 for the
+    diffusion step): ``dim`` features, half sines and half cosines of ``t`` at geometrically spaced
+    frequencies,
+
+    .. math:: e(t) = \big(\sin(\omega_0 t), \dots, \sin(\omega_{h-1} t),\ \cos(\omega_0 t), \dots,
+              \cos(\omega_{h-1} t)\big), \qquad \omega_i = \mathrm{max\_period}^{-i/h}, \quad h = \mathrm{dim}/2.
+
+    The fastest feature turns once every :math:`2\pi` steps, the slowest once every ``max_period``
+    :math:`\cdot 2\pi`: nearby steps get similar embeddings and far ones different ones, with no parameter
+    to learn. (Concatenating the sines and the cosines, rather than interleaving them as the transformer
+    paper writes it, only permutes the features; it is the layout of Ho et al.'s code and of diffusers.)
+
+    ``forward(t)``: ``t`` an int or a float (one step) or a tensor ``(N,)``, integer or floating (continuous
+    time works too); returns ``(N, dim)`` (``(1, dim)`` for one step), in the dtype of the module (float32
+    unless converted with ``.to``).
+    """
+
+    def __init__(self, dim: int, max_period: float = 10_000):
+        super().__init__()
+        self.dim = V.positive_int("dim", dim)
+        if dim % 2:
+            raise ValueError(f"dim must be even (half sines, half cosines), got {dim}")
+        self.max_period = V.number("max_period", max_period, positive=True)
+        half = dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float64) / half)
+        self.register_buffer("freqs", freqs.to(torch.get_default_dtype()), persistent=False)
+
+    def forward(self, t) -> torch.Tensor:
+        if isinstance(t, torch.Tensor) and t.dim() > 1:
+            raise ValueError(f"t must be one step or a tensor (N,) of steps, got shape {list(t.shape)}")
+        t = _batch_steps(t, t.shape[0] if isinstance(t, torch.Tensor) and t.dim() == 1 else 1, self.freqs)
+        angles = t.to(self.freqs.dtype)[:, None] * self.freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def _time_mlp(t_dim: int, out: int, act: type[nn.Module]) -> nn.Sequential:
+    """``t -> act(Linear(e(t)))``, the learned map of the sinusoidal embedding shared by every layer."""
+    return nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, out), act())
+
+
+class TimeMLP(nn.Module):
+    r"""A noise predictor for vectors, ``forward(xt, t) -> eps`` with ``xt`` and ``eps`` ``(N, dim)``: an MLP
+    whose hidden layers are told the step.
+
+    The step goes through the sinusoidal embedding (:class:`SinusoidalEmbedding`, ``t_dim`` features) and one
+    learned layer, :math:`e = \mathrm{act}(A\,\mathrm{emb}(t) + a)`; each hidden layer adds its own linear
+    map of it before its activation,
+
+    .. math:: h_\ell = \mathrm{act}(W_\ell h_{\ell-1} + b_\ell + U_\ell e), \qquad
+              \varepsilon_\theta = W_{\mathrm{out}} h_L + b_{\mathrm{out}},
+
+    so the step shifts every layer's pre-activations (a step-dependent bias). In a short comparison on the
+    swiss roll, adding did as well as FiLM (a step-dependent scale and shift) and better than
+    concatenating :math:`e` to each layer's input; it is also the simplest.
+
+    ``t`` is an int (broadcast to the batch) or a tensor ``(N,)``, one step per row; the network does not
+    know ``T`` and accepts any steps (the schedule checks them). ``hidden`` gives the widths of the hidden
+    layers (at least one).
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (256, 256, 256), t_dim: int = 64,
+                 activation: type[nn.Module] = nn.SiLU):
+        super().__init__()
+        self.dim, self.t_dim = V.positive_int("dim", dim), V.positive_int("t_dim", t_dim)
+        self.hidden = _widths("hidden", hidden, empty=False)
+        act = _activation(activation)
+        self.time = _time_mlp(self.t_dim, self.t_dim, act)
+        widths = (self.dim, *self.hidden)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.t_maps = nn.ModuleList(nn.Linear(self.t_dim, h) for h in self.hidden)
+        self.act = act()
+        self.out = nn.Linear(widths[-1], self.dim)
+
+    def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
+        if not isinstance(xt, torch.Tensor) or xt.dim() != 2 or xt.shape[1] != self.dim:
+            got = list(xt.shape) if isinstance(xt, torch.Tensor) else type(xt).__name__
+            raise ValueError(f"xt must have shape (N, {self.dim}), got {got}")
+        e = self.time(_batch_steps(t, xt.shape[0], xt))
+        h = xt
+        for layer, t_map in zip(self.layers, self.t_maps, strict=True):
+            h = self.act(layer(h) + t_map(e))
+        return self.out(h)
+
+
+def _groups(channels: int, most: int = 8) -> int:
+    """GroupNorm's number of groups: the largest divisor of ``channels`` up to ``most``."""
+    return math.gcd(channels, most)
+
+
+class ResBlock(nn.Module):
+    r"""The U-Net's residual block, told the step (Ho et al. 2020, after the wide ResNet):
+
+    .. math:: h = \mathrm{conv}(\mathrm{act}(\mathrm{GN}(x))) + U e, \qquad
+              \mathrm{out} = \mathrm{conv}(\mathrm{act}(\mathrm{GN}(h))) + \mathrm{skip}(x),
+
+    GN a GroupNorm (up to 8 groups), the convolutions 3x3 with padding 1 (the size is kept), ``U e`` the step
+    embedding mapped to one number per channel and added at every pixel, ``skip`` a 1x1 convolution when the
+    number of channels changes (else the identity). ``forward(x, e)``: ``x (N, c_in, H, W)``, ``e (N, t_dim)``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int, activation: type[nn.Module] = nn.SiLU):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(_groups(c_in), c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.t_map = nn.Linear(t_dim, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(_groups(c_out), c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.act = activation()
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x))) + self.t_map(e)[:, :, None, None]
+        return self.conv2(self.act(self.norm2(h))) + self.skip(x)
+
+
+class UNet(nn.Module):
+    r"""A small U-Net noise predictor for images, ``forward(xt, t) -> eps`` shaped like ``xt``: ``(N, C, H, W)``
+    with ``H = W = size``, or the same images flat, ``(N, C*H*W)`` (the layout of :func:`coursepkg.data.digits`;
+    the output is then flat too).
+
+    Architecture (Ho et al. 2020, cut down: one residual block per level, no attention):
+
+    - a 3x3 convolution from ``channels`` to ``base`` channels;
+    - down: for each ``m`` of ``mults``, a :class:`ResBlock` to ``base * m`` channels, whose output is kept
+      for the skip connection, then a stride-2 3x3 convolution that halves the image;
+    - middle: two residual blocks at the lowest resolution, ``size / 2**len(mults)``;
+    - up, in reverse: a 2x2 transposed convolution with stride 2 to ``base * m`` channels (the size doubles;
+      each pixel becomes a learned 2x2 patch, four times cheaper than upsampling then a 3x3 convolution at the
+      larger size), the kept feature map of the same size concatenated, a residual block;
+    - GroupNorm, the activation and a 3x3 convolution to ``channels``.
+
+    The step enters every residual block, through :class:`SinusoidalEmbedding` (``t_dim`` features) and a
+    learned layer to ``4 * base`` features. ``size`` must be divisible by ``2 ** len(mults)``: the default
+    ``mults=(1, 2)`` halves twice, 8x8 (the digits) to 2x2 and 28x28 (MNIST) to 7x7. At ``base=32`` the
+    network has about 0.6M parameters. ``t`` is an int (broadcast to the batch) or a tensor ``(N,)``.
+    """
+
+    def __init__(self, channels: int = 1, size: int = 28, base: int = 32, mults: Sequence[int] = (1, 2),
+                 t_dim: int = 64, activation: type[nn.Module] = nn.SiLU):
+        super().__init__()
+        self.channels, self.size = V.positive_int("channels", channels), V.positive_int("size", size)
+        self.base, self.t_dim = V.positive_int("base", base), V.positive_int("t_dim", t_dim)
+        self.mults = _widths("mults", mults, empty=False)
+        if size % 2 ** len(self.mults):
+            raise ValueError(f"size must be divisible by 2 ** len(mults) = {2 ** len(self.mults)} (the image is "
+                             f"halved {len(self.mults)} times), got size={size}")
+        act = _activation(activation)
+        e_dim = 4 * self.base
+        self.time = _time_mlp(self.t_dim, e_dim, act)
+        self.stem = nn.Conv2d(self.channels, self.base, 3, padding=1)
+        widths = [self.base * m for m in self.mults]
+        self.down, self.halve = nn.ModuleList(), nn.ModuleList()
+        c = self.base
+        for w in widths:
+            self.down.append(ResBlock(c, w, e_dim, act))
+            self.halve.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
+            c = w
+        self.middle = nn.ModuleList([ResBlock(c, c, e_dim, act), ResBlock(c, c, e_dim, act)])
+        self.grow, self.up = nn.ModuleList(), nn.ModuleList()
+        for w in reversed(widths):
+            self.grow.append(nn.ConvTranspose2d(c, w, kernel_size=2, stride=2))
+            self.up.append(ResBlock(2 * w, w, e_dim, act))
+            c = w
+        self.head = nn.Sequential(nn.GroupNorm(_groups(c), c), act(), nn.Conv2d(c, self.channels, 3, padding=1))
+
+    def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
+        C, S = self.channels, self.size
+        flat = isinstance(xt, torch.Tensor) and xt.dim() == 2 and xt.shape[1] == C * S * S
+        x = xt.reshape(-1, C, S, S) if flat else xt
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (C, S, S):
+            got = list(xt.shape) if isinstance(xt, torch.Tensor) else type(xt).__name__
+            raise ValueError(f"xt must have shape (N, {C}, {S}, {S}) or (N, {C * S * S}) (channels={C}, size={S}), "
+                             f"got {got}")
+        e = self.time(_batch_steps(t, x.shape[0], x))
+        h = self.stem(x)
+        kept = []
+        for block, halve in zip(self.down, self.halve, strict=True):
+            h = block(h, e)
+            kept.append(h)
+            h = halve(h)
+        for block in self.middle:
+            h = block(h, e)
+        for grow, block in zip(self.grow, self.up, strict=True):
+            h = block(torch.cat([grow(h), kept.pop()], dim=1), e)
+        out = self.head(h)
+        return out.flatten(1) if flat else out

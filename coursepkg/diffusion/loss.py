@@ -97,10 +97,10 @@ def discretized_gaussian_log_likelihood(x0: torch.Tensor, mean: torch.Tensor, va
     return _flat(log_mass).sum(1)
 
 
-def _decoder_nll(x0, mean, var, decoder) -> torch.Tensor:
+def _decoder_nll(x0, mean, var, decoder, levels=256) -> torch.Tensor:
     if decoder == "gaussian":
         return _gaussian_nll(x0, mean, var)
-    return -discretized_gaussian_log_likelihood(x0, mean, var)
+    return -discretized_gaussian_log_likelihood(x0, mean, var, levels=levels)
 
 
 def _check(model, x0, schedule, variance, decoder):
@@ -128,7 +128,7 @@ def _prior_kl(mean, var) -> torch.Tensor:
 
 @torch.no_grad()
 def elbo(model, x0: torch.Tensor, schedule: D.Schedule, *, variance: str = "beta_tilde",
-         decoder: str = "gaussian", generator: torch.Generator | None = None) -> ELBOTerms:
+         decoder: str = "gaussian", levels: int = 256, generator: torch.Generator | None = None) -> ELBOTerms:
     r"""Every term of the negative ELBO :math:`L_0 + \sum_{t=2}^T L_{t-1} + L_T` (Eq. ``ddpm-elbo-decomposed``)
     for each row of ``x0`` ``(N, ...)``:
 
@@ -136,7 +136,8 @@ def elbo(model, x0: torch.Tensor, schedule: D.Schedule, *, variance: str = "beta
     - :math:`L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t))`, in closed form
       given one draw :math:`x_t \sim q(x_t \mid x_0)`;
     - :math:`L_0 = -\log p_\theta(x_0 \mid x_1)`, the decoder's (``"gaussian"``, variance :math:`\beta_1`, or
-      ``"discrete"``, :func:`discretized_gaussian_log_likelihood`), given one draw of :math:`x_1`.
+      ``"discrete"``, :func:`discretized_gaussian_log_likelihood` with ``levels`` values), given one draw of
+      :math:`x_1`.
 
     ``variance`` is the reverse variance (:func:`~coursepkg.diffusion.reverse_variance`). Costs ``T`` calls of
     ``model``.
@@ -148,7 +149,7 @@ def elbo(model, x0: torch.Tensor, schedule: D.Schedule, *, variance: str = "beta
         xt = D.q_sample(x0, t, _randn(x0, generator), schedule)
         mean = D.mean_from_eps(xt, t, _eps(model, xt, t), schedule)
         if t == 1:
-            steps[:, 1] = _decoder_nll(x0, mean, float(sigma2[1]), decoder)
+            steps[:, 1] = _decoder_nll(x0, mean, float(sigma2[1]), decoder, levels)
         else:
             mu_q, var_q = D.q_posterior(x0, xt, t, schedule)
             steps[:, t] = _gaussian_kl(mu_q, float(var_q.flatten()[0]), mean, float(sigma2[t]))
