@@ -478,7 +478,7 @@ def _kaist_swiss_roll_moments() -> tuple[float, float]:
     rectangle, in the middle band) and keeps ``(t cos t, t sin t)``; the moments follow in closed form:
     ``int t cos t = t sin t + cos t``, ``int t sin t = sin t - t cos t`` and ``x^2 + z^2 = t^2``."""
     mean_x = mean_z = mean_t2 = 0.0
-    for band, weight in zip(range(3), (3 / 8, 2 / 8, 3 / 8)):
+    for band, weight in enumerate((3 / 8, 2 / 8, 3 / 8)):
         a, b = math.pi * (1.5 + band), math.pi * (2.5 + band)
         mean_x += weight / math.pi * ((b * math.sin(b) + math.cos(b)) - (a * math.sin(a) + math.cos(a)))
         mean_z += weight / math.pi * ((math.sin(b) - b * math.cos(b)) - (math.sin(a) - a * math.cos(a)))
@@ -495,8 +495,8 @@ def kaist_swiss_roll(n: int, *, seed: int | None = None, generator: torch.Genera
     builds it: scikit-learn's ``make_swiss_roll(n, noise=0.0, hole=True)``, its coordinates 0 and 2, minus
     their overall mean, divided by their overall standard deviation (one scalar each, over both coordinates
     together: ``(ds - ds.mean()) / ds.std()``), times 2. KAIST takes these statistics from its draw of
-    1 000 000 points; here they are the exact values of the distribution (mean 1.650, standard deviation
-    6.768, :func:`_kaist_swiss_roll_moments`), so that every draw, of any size, is scaled alike. The data
+    1 000 000 points; here they are the exact values of the distribution (mean 1.659, standard deviation
+    6.766, :func:`_kaist_swiss_roll_moments`), so that every draw, of any size, is scaled alike. The data
     set of :func:`coursepkg.metrics.chamfer`'s KAIST bar (below 20 at 2 048 samples against 2 048 points).
 
     scikit-learn draws from NumPy: its ``random_state`` is an int drawn from ``seed`` or ``generator`` (with
