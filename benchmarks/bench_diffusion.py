@@ -1,8 +1,11 @@
 """Chapter 08's diffusion module: speed against diffusers, and the exact ELBO of the optimal DDPM.
 
-    .venv/bin/python benchmarks/bench_diffusion.py [--repeats 5] [--n 2000]
+    .venv/bin/python benchmarks/bench_diffusion.py [--repeats 5] [--n 2000] [--full]
 
-Three tables, from one run:
+Chapter 09's part (tables 4-6) trains one network on the KAIST swiss roll and is quick by default
+(``--full``: more training steps and samples). The last line sums the run up as ``name=value`` pairs.
+
+Six tables, from one run:
 
 1. **Forward process against diffusers** (when installed, ``pip install -e .[dev]``): ``q_sample`` against
    ``DDPMScheduler.add_noise`` on a batch of 32x32 RGB images, one timestep per row, float32 (best of
@@ -15,6 +18,15 @@ Three tables, from one run:
 3. **The two decompositions' variances** (``loss.elbo`` against ``loss.elbo_consistency``, the optimal model,
    ``--n`` points): per term (the median over t of the variance ratio), for the one-random-step estimator a
    training loop uses, and for the sum over a whole trajectory.
+4. **Training throughput**: :func:`coursepkg.train.fit` on :class:`~coursepkg.diffusion.DDPM` against a plain
+   PyTorch loop (same network, optimiser, batches and loss): steps/s and their ratio (about 1: ``fit`` adds
+   nothing).
+5. **Sampling throughput**: :func:`coursepkg.diffusion.sample` with :class:`~coursepkg.diffusion.DDPMSampler`
+   against diffusers' ``DDPMScheduler`` loop with the same network and noise (ratio >= 1 means no slower),
+   and the largest difference of the samples.
+6. **Quality on the swiss roll** (the chapter's bars): the KAIST Chamfer distance of 2 000 samples against
+   2 000 data points and its noise floor (two draws of the data), the sliced Wasserstein distance over its
+   floor, DDIM with 50 steps against the 1000-step ancestral sampler, and the time of training plus sampling.
 """
 
 from __future__ import annotations
@@ -120,15 +132,113 @@ def variances(n: int) -> None:
     print()
 
 
+ROLL = {"hidden": (128, 128, 128), "batch": 512, "lr": 2e-3, "steps": {False: 3000, True: 20000}}
+
+
+def _roll_model(seed: int = 0):
+    from coursepkg.nn import TimeMLP
+    torch.manual_seed(seed)
+    return D.DDPM(TimeMLP(2, hidden=ROLL["hidden"]), D.Schedule.named("linear", 1000))
+
+
+def training_throughput(summary: dict, n_steps: int = 300) -> None:
+    from coursepkg import data
+    from coursepkg.train import fit
+    print(f"4. Training throughput, TimeMLP{ROLL['hidden']} on the swiss roll, batch {ROLL['batch']}, Adam")
+    x = data.kaist_swiss_roll(20_000, seed=0)
+    ours = _roll_model()
+    t0 = time.perf_counter()
+    fit(ours, x, steps=n_steps, batch_size=ROLL["batch"], lr=ROLL["lr"], progress=False)
+    t_fit = time.perf_counter() - t0
+    plain = _roll_model()
+    opt = torch.optim.Adam(plain.parameters(), lr=ROLL["lr"])
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        batch = x[torch.randint(0, x.shape[0], (ROLL["batch"],), generator=g)]
+        t = torch.randint(1, 1001, (batch.shape[0],), generator=g)
+        eps = torch.randn(batch.shape, generator=g)
+        xt = D.q_sample(batch, t, eps, plain.schedule)
+        loss = ((plain.net(xt, t) - eps) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    t_plain = time.perf_counter() - t0
+    print(f"{'plain steps/s':>14} {'fit steps/s':>12} {'ratio':>7}")
+    print(f"{n_steps / t_plain:>14.1f} {n_steps / t_fit:>12.1f} {t_plain / t_fit:>7.2f}\n")
+    summary["train_vs_plain"] = t_plain / t_fit
+
+
+def sampling_throughput(summary: dict, model, n: int = 2000) -> None:
+    try:
+        from diffusers import DDPMScheduler
+    except ImportError:
+        print("5. diffusers is not installed: sampling comparison skipped\n")
+        return
+    print(f"5. Sampling {n} points with 1000 ancestral steps, the same network: our loop against diffusers'")
+    s = model.schedule
+    theirs = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small",
+                           clip_sample=False)
+    theirs.set_timesteps(1000)
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(3))
+    t0 = time.perf_counter()
+    ours = D.sample(model, D.DDPMSampler(s), None, x_T=x_T, generator=torch.Generator().manual_seed(4),
+                    progress=False).x
+    t_ours = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(4)
+    t0 = time.perf_counter()
+    x = x_T.clone()
+    with torch.no_grad():
+        for k in theirs.timesteps:
+            x = theirs.step(model(x, torch.full((n,), int(k) + 1)), k, x, generator=g).prev_sample
+    t_theirs = time.perf_counter() - t0
+    print(f"{'diffusers s':>12} {'coursepkg s':>12} {'ratio':>7} {'max |diff|':>11}")
+    print(f"{t_theirs:>12.2f} {t_ours:>12.2f} {t_theirs / t_ours:>7.2f} {float((ours - x).abs().max()):>11.2e}\n")
+    summary["sampling_vs_diffusers"] = t_theirs / t_ours
+
+
+def roll_quality(summary: dict, full: bool):
+    from coursepkg import data, metrics
+    from coursepkg.train import fit
+    steps = ROLL["steps"][full]
+    print(f"6. The swiss roll: TimeMLP{ROLL['hidden']}, {steps} steps, 2000 samples against 2000 data points")
+    t0 = time.perf_counter()
+    model = _roll_model()
+    fit(model, data.kaist_swiss_roll(20_000, seed=0), steps=steps, batch_size=ROLL["batch"], lr=ROLL["lr"],
+        progress=False)
+    g = torch.Generator().manual_seed(1)
+    ddpm = D.sample(model, D.DDPMSampler(model.schedule), (2000, 2), generator=g, progress=False).x
+    t_total = time.perf_counter() - t0
+    ddim = D.sample(model, D.DDIMSampler(model.schedule, steps=50), (2000, 2), generator=g, progress=False).x
+    ref, other = data.kaist_swiss_roll(2000, seed=11), data.kaist_swiss_roll(2000, seed=12)
+    cd, floor = float(metrics.chamfer(ddpm, ref)), float(metrics.chamfer(other, ref))
+    cd_ddim = float(metrics.chamfer(ddim, ref))
+    swd = float(metrics.sliced_wasserstein(ddpm, ref, seed=0))
+    swd_floor = float(metrics.sliced_wasserstein(other, ref, seed=0))
+    print(f"{'chamfer':>8} {'floor':>7} {'ddim50':>7} {'SW2':>7} {'SW2 floor':>9} {'train+sample s':>15}")
+    print(f"{cd:>8.2f} {floor:>7.2f} {cd_ddim:>7.2f} {swd:>7.3f} {swd_floor:>9.3f} {t_total:>15.1f}\n")
+    summary.update(chamfer=cd, chamfer_floor=floor, swd_ratio=swd / swd_floor, ddim50_vs_ddpm1000=cd_ddim / cd,
+                   train_sample_s=t_total)
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--full", action="store_true", help="train the swiss-roll model longer")
+    ap.add_argument("--only", choices=["08", "09"], help="run only one chapter's tables")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    against_diffusers(args.repeats)
-    exact_elbo(args.n)
-    variances(args.n)
+    summary: dict = {}
+    if args.only != "09":
+        against_diffusers(args.repeats)
+        exact_elbo(args.n)
+        variances(args.n)
+    if args.only != "08":
+        training_throughput(summary)
+        model = roll_quality(summary, args.full)
+        sampling_throughput(summary, model)
+    print(" ".join(f"{k}={v:.3g}" for k, v in summary.items()))
 
 
 if __name__ == "__main__":
