@@ -49,3 +49,22 @@ def check_fails(exercise_id, fn, *words):
     for w in words:
         assert w.lower() in r.message.lower(), f"expected {w!r} in: {r.message}"
     return r
+
+
+def seeded(seed: int = 0):
+    """A fresh CPU ``torch.Generator`` with this seed."""
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def skewed_mixture_1d():
+    """Chapter 08's 1-D mixture: weights (.3, .7), means (-1, 1.5), variances (.05, .2), float64. Unequal and
+    narrow components, far from Gaussian, so that nothing the diffusion tests check is exact by accident."""
+    import torch
+
+    from coursepkg import gmm
+
+    f64 = torch.float64
+    return gmm.GMM(torch.tensor([0.3, 0.7], dtype=f64), torch.tensor([[-1.0], [1.5]], dtype=f64),
+                   torch.tensor([[[0.05]], [[0.2]]], dtype=f64))

@@ -14,18 +14,17 @@ from coursepkg import gmm as G
 from coursepkg import probability as P
 from coursepkg.diffusion import exact as E
 
+from .helpers import seeded, skewed_mixture_1d
+
 F64 = torch.float64
 
 
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+_gen = seeded
 
 
 @pytest.fixture
 def data():
-    """A 1-D mixture with unequal, narrow components: far from Gaussian, so nothing is exact by accident."""
-    return G.GMM(torch.tensor([0.3, 0.7], dtype=F64), torch.tensor([[-1.0], [1.5]], dtype=F64),
-                 torch.tensor([[[0.05]], [[0.2]]], dtype=F64))
+    return skewed_mixture_1d()
 
 
 @pytest.fixture
