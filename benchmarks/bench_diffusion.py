@@ -121,12 +121,8 @@ def variances(n: int) -> None:
         for variance in D.VARIANCES:
             a = D.elbo(model, x0, s, variance=variance, generator=g)
             b = D.elbo_consistency(model, x0, s, variance=variance, generator=g)
-            A = torch.cat([a.steps[:, 1:], a.prior[:, None]], 1)          # the T + 1 terms of each
-            B = torch.cat([b.steps[:, 1:], b.prior[:, None]], 1)
-            per_term = float((B.var(0) / A.var(0))[1:-1].median())
-            pick = torch.randint(0, A.shape[1], (A.shape[0],), generator=g)
-            rows = torch.arange(A.shape[0])
-            one_t = float((A.shape[1] * B[rows, pick]).var() / (A.shape[1] * A[rows, pick]).var())
+            per_term = float((b.terms.var(0) / a.terms.var(0))[1:-1].median())   # the L_{t-1}, t = 2..T
+            one_t = float(b.one_step_variance() / a.one_step_variance())
             whole = float(b.total.var() / a.total.var())
             print(f"{T:>5} {variance:>10} {per_term:>18.1f} {one_t:>13.1f} {whole:>17.2f}")
     print()

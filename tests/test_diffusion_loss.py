@@ -182,6 +182,18 @@ def test_per_term_the_decomposed_estimator_is_less_noisy(data):
     assert float((b.var(0) / a.var(0)).median()) > 10
 
 
+def test_one_step_variance_is_the_variance_of_the_one_random_term_estimator(data):
+    s = D.Schedule.named("cosine", 6)
+    model = E.OptimalDenoiser(data, s)
+    terms = D.elbo(model, data.sample(20_000, generator=_gen(19)).x, s, generator=_gen(20))
+    torch.testing.assert_close(terms.terms.sum(1), terms.total)
+    assert terms.terms.shape == (20_000, 7)
+    k = torch.randint(0, 7, (20_000,), generator=_gen(21))
+    one_term = 7 * terms.terms[torch.arange(20_000), k]                   # the estimator, sampled
+    assert float(terms.one_step_variance()) == pytest.approx(float(one_term.var()), rel=0.05)
+    assert float(one_term.mean()) == pytest.approx(float(terms.total.mean()), abs=4 * float(one_term.std()) / 141)
+
+
 def test_the_optimal_elbo_tightens_as_T_grows(data):
     gaps = []
     for T in (10, 100, 1000):

@@ -45,6 +45,19 @@ class ELBOTerms(NamedTuple):
     def total(self) -> torch.Tensor:
         return self.steps.sum(1) + self.prior
 
+    @property
+    def terms(self) -> torch.Tensor:
+        """The ``T + 1`` terms of each example side by side, ``(N, T + 1)``: :math:`L_0, \\dots, L_{T-1}, L_T`."""
+        return torch.cat([self.steps[:, 1:], self.prior[:, None]], 1)
+
+    def one_step_variance(self) -> torch.Tensor:
+        """The variance of the estimator a training loop uses, one term drawn uniformly: ``n * terms[:, k]`` with
+        ``k`` uniform over the ``n = T + 1`` terms, whose mean is ``total``'s. From the per-term samples,
+        :math:`n \\sum_k \\mathbb E[\\ell_k^2] - (\\sum_k \\mathbb E[\\ell_k])^2`."""
+        terms = self.terms
+        n = terms.shape[1]
+        return n * (terms ** 2).mean(0).sum() - terms.mean(0).sum() ** 2
+
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise shaped like ``like``, drawn on the generator's device (then moved)."""
