@@ -16,7 +16,9 @@
   predict the noise of a diffusion step ``t`` (an int for the whole batch, or one step per row) with the
   shape of ``xt``: the sinusoidal embedding of ``t``, an MLP for vectors (the 2-D toys) and a small U-Net
   for images (the 8x8 digits, MNIST). They plug into :func:`coursepkg.diffusion.simplified_loss` and
-  :func:`coursepkg.train.fit`.
+  :func:`coursepkg.train.fit`. With ``num_classes`` both are class-conditional, ``forward(xt, t, y)``, through a
+  :class:`ClassEmbedding` with a null token (``y = -1``, :data:`NULL_CLASS`) for classifier-free guidance
+  (chapter 10, :mod:`coursepkg.diffusion.guidance`).
 
 Layouts. The data sets of :mod:`coursepkg.data` are flat by default (``(N, H*W)``, for the MLPs) and
 give images with ``flat=False``; the conv encoder takes either, so one data tensor serves both kinds of
@@ -332,6 +334,63 @@ def _time_mlp(t_dim: int, out: int, act: type[nn.Module]) -> nn.Sequential:
     return nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, out), act())
 
 
+NULL_CLASS = -1
+"""The label that means "no label" (the null token of classifier-free guidance, chapter 10)."""
+
+
+def check_labels(y, n: int, num_classes: int, *, like: torch.Tensor | None = None, null: bool = True) -> torch.Tensor:
+    """``y`` as a long tensor ``(n,)`` of classes ``0..num_classes-1`` (and :data:`NULL_CLASS` where ``null``);
+    an int is broadcast to the batch, ``None`` means every row is null. Anything else is a clear error."""
+    device = like.device if like is not None else None
+    if y is None:
+        if not null:
+            raise ValueError("y is required here: give one class per row")
+        return torch.full((n,), NULL_CLASS, dtype=torch.long, device=device)
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+        raise TypeError(f"y must be an int or a tensor (N,) of class labels, got {type(y).__name__}")
+    y = torch.as_tensor(y, device=device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.dim() == 0:
+        y = y.expand(n)
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"y must be one label for the whole batch or a tensor (N,) = ({n},), one per row; "
+                         f"got shape {list(y.shape)}")
+    low = NULL_CLASS if null else 0
+    bad = (y < low) | (y >= num_classes)
+    if bad.any():
+        allowed = f"0..{num_classes - 1}" + (f" or {NULL_CLASS} (no label)" if null else "")
+        raise ValueError(f"y must hold classes {allowed}; got {y[bad][0].item()}")
+    return y.long()
+
+
+class ClassEmbedding(nn.Module):
+    """A learned embedding of a class label with a null token (chapter 10): ``forward(y) -> (N, dim)``, one
+    vector per class ``0..num_classes-1`` and one more, the null token, for :data:`NULL_CLASS` (``-1``): the
+    "no label" input that classifier-free guidance trains with label dropout and samples with as its
+    unconditional model. ``y`` is a long tensor ``(N,)``; labels outside ``-1..num_classes-1`` are refused."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes, self.dim = V.positive_int("num_classes", num_classes), V.positive_int("dim", dim)
+        self.table = nn.Embedding(self.num_classes + 1, self.dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        y = check_labels(y, y.shape[0] if isinstance(y, torch.Tensor) and y.dim() == 1 else 1, self.num_classes,
+                         like=self.table.weight)
+        return self.table(torch.where(y == NULL_CLASS, self.num_classes, y))
+
+
+def _conditioning(module: nn.Module, e: torch.Tensor, y) -> torch.Tensor:
+    """The step embedding ``e``, plus the class embedding of ``y`` when the network is conditional."""
+    if module.classes is None:
+        if y is not None:
+            raise ValueError(f"{type(module).__name__} was built without num_classes: it takes no labels y")
+        return e
+    y = check_labels(y, e.shape[0], module.num_classes, like=e)
+    return e + module.classes(y)
+
+
 class TimeMLP(nn.Module):
     r"""A noise predictor for vectors, ``forward(xt, t) -> eps`` with ``xt`` and ``eps`` ``(N, dim)``: an MLP
     whose hidden layers are told the step.
@@ -352,26 +411,36 @@ class TimeMLP(nn.Module):
     ``t`` is an int (broadcast to the batch) or a tensor ``(N,)``, one step per row; the network does not
     know ``T`` and accepts any steps (the schedule checks them). ``hidden`` gives the widths of the hidden
     layers (at least one).
+
+    Chapter 10. With ``num_classes`` the network is conditional, ``forward(xt, t, y)``: a
+    :class:`ClassEmbedding` of the label ``y`` (an int, a tensor ``(N,)``, ``-1`` or ``None`` for no label)
+    is added to the step's embedding :math:`e`, so the label reaches every layer the way the step does.
+    ``out_dim`` (default ``dim``) changes the output's width: ``TimeMLP(dim, out_dim=K)`` is a classifier of
+    noised data, ``(xt, t) -> K`` logits.
     """
 
     def __init__(self, dim: int, hidden: Sequence[int] = (256, 256, 256), t_dim: int = 64,
-                 activation: type[nn.Module] = nn.SiLU):
+                 activation: type[nn.Module] = nn.SiLU, *, num_classes: int | None = None,
+                 out_dim: int | None = None):
         super().__init__()
         self.dim, self.t_dim = V.positive_int("dim", dim), V.positive_int("t_dim", t_dim)
         self.hidden = _widths("hidden", hidden, empty=False)
+        self.out_dim = self.dim if out_dim is None else V.positive_int("out_dim", out_dim)
+        self.num_classes = V.positive_int("num_classes", num_classes, none="unconditional")
         act = _activation(activation)
         self.time = _time_mlp(self.t_dim, self.t_dim, act)
+        self.classes = None if num_classes is None else ClassEmbedding(self.num_classes, self.t_dim)
         widths = (self.dim, *self.hidden)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.films = nn.ModuleList(nn.Linear(self.t_dim, 2 * h) for h in self.hidden)
         self.act = act()
-        self.out = nn.Linear(widths[-1], self.dim)
+        self.out = nn.Linear(widths[-1], self.out_dim)
 
-    def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
+    def forward(self, xt: torch.Tensor, t, y=None) -> torch.Tensor:
         if not isinstance(xt, torch.Tensor) or xt.dim() != 2 or xt.shape[1] != self.dim:
             got = list(xt.shape) if isinstance(xt, torch.Tensor) else type(xt).__name__
             raise ValueError(f"xt must have shape (N, {self.dim}), got {got}")
-        e = self.time(_batch_steps(t, xt.shape[0], xt))
+        e = _conditioning(self, self.time(_batch_steps(t, xt.shape[0], xt)), y)
         h = xt
         for layer, film in zip(self.layers, self.films, strict=True):
             scale, shift = film(e).chunk(2, dim=1)
@@ -428,13 +497,16 @@ class UNet(nn.Module):
     learned layer to ``4 * base`` features. ``size`` must be divisible by ``2 ** len(mults)``: the default
     ``mults=(1, 2)`` halves twice, 8x8 (the digits) to 2x2 and 28x28 (MNIST) to 7x7. At ``base=32`` the
     network has about 0.6M parameters. ``t`` is an int (broadcast to the batch) or a tensor ``(N,)``.
+    With ``num_classes`` it is conditional, ``forward(xt, t, y)``, the label's :class:`ClassEmbedding` added to
+    the step's (chapter 10).
     """
 
     def __init__(self, channels: int = 1, size: int = 28, base: int = 32, mults: Sequence[int] = (1, 2),
-                 t_dim: int = 64, activation: type[nn.Module] = nn.SiLU):
+                 t_dim: int = 64, activation: type[nn.Module] = nn.SiLU, *, num_classes: int | None = None):
         super().__init__()
         self.channels, self.size = V.positive_int("channels", channels), V.positive_int("size", size)
         self.base, self.t_dim = V.positive_int("base", base), V.positive_int("t_dim", t_dim)
+        self.num_classes = V.positive_int("num_classes", num_classes, none="unconditional")
         self.mults = _widths("mults", mults, empty=False)
         if size % 2 ** len(self.mults):
             raise ValueError(f"size must be divisible by 2 ** len(mults) = {2 ** len(self.mults)} (the image is "
@@ -442,6 +514,7 @@ class UNet(nn.Module):
         act = _activation(activation)
         e_dim = 4 * self.base
         self.time = _time_mlp(self.t_dim, e_dim, act)
+        self.classes = None if num_classes is None else ClassEmbedding(self.num_classes, e_dim)
         self.stem = nn.Conv2d(self.channels, self.base, 3, padding=1)
         widths = [self.base * m for m in self.mults]
         self.down, self.halve = nn.ModuleList(), nn.ModuleList()
@@ -458,7 +531,7 @@ class UNet(nn.Module):
             c = w
         self.head = nn.Sequential(nn.GroupNorm(_groups(c), c), act(), nn.Conv2d(c, self.channels, 3, padding=1))
 
-    def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
+    def forward(self, xt: torch.Tensor, t, y=None) -> torch.Tensor:
         C, S = self.channels, self.size
         flat = isinstance(xt, torch.Tensor) and xt.dim() == 2 and xt.shape[1] == C * S * S
         x = xt.reshape(-1, C, S, S) if flat else xt
@@ -466,7 +539,7 @@ class UNet(nn.Module):
             got = list(xt.shape) if isinstance(xt, torch.Tensor) else type(xt).__name__
             raise ValueError(f"xt must have shape (N, {C}, {S}, {S}) or (N, {C * S * S}) (channels={C}, size={S}), "
                              f"got {got}")
-        e = self.time(_batch_steps(t, x.shape[0], x))
+        e = _conditioning(self, self.time(_batch_steps(t, x.shape[0], x)), y)
         h = self.stem(x)
         kept = []
         for block, halve in zip(self.down, self.halve, strict=True):

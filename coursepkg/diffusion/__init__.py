@@ -3,7 +3,9 @@
 This is the first part of the module chapter 08 builds (issue 12): the noise schedule, the forward
 process ``q(x_t | x_0)``, the posterior ``q(x_{t-1} | x_t, x_0)`` and the conversions between the
 quantities a network may predict. :mod:`coursepkg.diffusion.exact` diffuses a Gaussian mixture in
-closed form, so that every identity can be checked against exact numbers.
+closed form, so that every identity can be checked against exact numbers. Chapter 09 adds the training
+loss and the samplers (:mod:`~coursepkg.diffusion.sampling`), chapter 10 conditioning and guidance
+(:mod:`coursepkg.diffusion.guidance`, and the labelled mixtures of :mod:`~coursepkg.diffusion.exact`).
 
 **One indexing convention.** The book numbers the steps ``t = 1, ..., T`` and writes ``x_0`` for the
 data. Every per-step tensor of a :class:`Schedule` has ``T + 1`` entries and is indexed by ``t``

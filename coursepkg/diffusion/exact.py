@@ -255,3 +255,98 @@ def gaussian_fit_kl(mixture: G.GMM, *, nodes: int | None = None) -> torch.Tensor
     assumes."""
     mean, cov = moments(mixture)
     return expectation(lambda x: mixture.log_likelihood(x) - P.mvn_log_prob(x, mean, cov), mixture, nodes=nodes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Labelled mixtures: the exact quantities of guidance (chapter 10)
+# --------------------------------------------------------------------------------------------------
+def _labels(data: G.GMM, labels) -> torch.Tensor:
+    """``labels`` (K,): the class of each component, classes ``0..C-1`` each used at least once."""
+    if not isinstance(data, G.GMM):
+        raise TypeError(f"data must be a coursepkg.gmm.GMM, got {type(data).__name__}")
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.shape != (data.n_components,):
+        got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor ({data.n_components},), the class of each component, "
+                         f"got {got}")
+    labels = labels.long().cpu()
+    if int(labels.min()) < 0 or set(labels.tolist()) != set(range(int(labels.max()) + 1)):
+        raise ValueError(f"labels must use every class 0..C-1 (one or more components each), got {labels.tolist()}")
+    return labels
+
+
+def _class(y, n_classes: int) -> int:
+    y = V.integer("y", y, minimum=0)
+    if y >= n_classes:
+        raise ValueError(f"y must be a class 0..{n_classes - 1} of this mixture, got {y}")
+    return y
+
+
+def class_conditional(data: G.GMM, labels: torch.Tensor, y: int) -> G.GMM:
+    """:math:`p(x_0 \\mid y)`: the components of class ``y``, their weights renormalised (Eq. ``labelled-mixture``)."""
+    labels = _labels(data, labels)
+    y = _class(y, int(labels.max()) + 1)
+    keep = (labels == y).to(data.device)
+    w = data.weights[keep]
+    return G.GMM(w / w.sum(), data.means[keep], data.covariances[keep])
+
+
+def _noised(data: G.GMM, t: int, schedule: Schedule) -> G.GMM:
+    """:math:`q(x_t)` for ``t`` in ``1..T``, and the data itself at ``t = 0``."""
+    return data if int(t) == 0 else marginal(data, t, schedule)
+
+
+def class_log_posterior(data: G.GMM, labels: torch.Tensor, xt: torch.Tensor, t: int,
+                        schedule: Schedule) -> torch.Tensor:
+    """:math:`\\log p(y \\mid x_t)` for every class, ``(N, C)`` (Eq. ``noised-class-posterior``): Bayes' rule on
+    the noised mixture, the responsibilities of each class's components summed. ``t = 0`` gives the classifier
+    of the clean data, :math:`p(y \\mid x_0)`. Differentiable in ``xt``."""
+    labels = _labels(data, labels)
+    n_classes = int(labels.max()) + 1
+    if int(t) != 0:
+        _alpha_bar(schedule, t)
+    joint = G.joint_log_prob(xt, _noised(data, t, schedule))                       # (N, K): log pi_k N_k(xt)
+    per_class = torch.stack([torch.logsumexp(joint[:, labels.to(joint.device) == c], 1) for c in range(n_classes)], 1)
+    return per_class - torch.logsumexp(joint, 1, keepdim=True)
+
+
+def class_score(data: G.GMM, labels: torch.Tensor, xt: torch.Tensor, t: int, schedule: Schedule,
+                y: int) -> torch.Tensor:
+    """:math:`\\nabla_{x_t}\\log p(y \\mid x_t) = \\nabla\\log q(x_t \\mid y) - \\nabla\\log q(x_t)`
+    (Eq. ``bayes-score``), in closed form: the score of class ``y``'s noised mixture minus the score of the
+    whole one."""
+    return score(class_conditional(data, labels, y), xt, t, schedule) - score(data, xt, t, schedule)
+
+
+class ExactClassifier:
+    """The exact noise-aware classifier of a labelled mixture: ``classifier(xt, t)`` returns
+    :math:`\\log p(y \\mid x_t)` ``(N, C)`` (:func:`class_log_posterior`), with a network's call signature (``t`` one
+    int or one step per row) and differentiable in ``xt``, so that
+    :func:`coursepkg.diffusion.guidance.classifier_guidance` can run on it."""
+
+    def __init__(self, data: G.GMM, labels: torch.Tensor, schedule: Schedule):
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a coursepkg.diffusion.Schedule, got {type(schedule).__name__}")
+        self.labels = _labels(data, labels)
+        self.data, self.schedule = data, schedule
+        self.num_classes = int(self.labels.max()) + 1
+
+    def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
+        t = self.schedule.check_t(t, xt)
+        if t.dim() == 0 or bool((t == t[0]).all()):
+            return class_log_posterior(self.data, self.labels, xt, int(t.reshape(-1)[0]), self.schedule)
+        rows = [t == step for step in t.unique().tolist()]
+        parts = [class_log_posterior(self.data, self.labels, xt[r], int(t[r][0]), self.schedule) for r in rows]
+        out = torch.zeros(xt.shape[0], self.num_classes, dtype=parts[0].dtype, device=xt.device)
+        for r, p in zip(rows, parts, strict=True):
+            out = out.index_put((r.nonzero().squeeze(1).to(xt.device),), p)
+        return out
+
+
+def tilted_log_density(data: G.GMM, labels: torch.Tensor, y: int, gamma: float, x: torch.Tensor) -> torch.Tensor:
+    """The unnormalised log density of the target of classifier guidance at scale ``gamma``,
+    :math:`\\log p(x) + \\gamma \\log p(y \\mid x)` (Eq. ``tilted-target``), at the points ``x`` ``(N, D)``. With
+    ``gamma = 1`` it is :math:`\\log p(x \\mid y) + \\log p(y)`; with ``gamma = 0``, :math:`\\log p(x)`."""
+    gamma = V.number("gamma", gamma, nonnegative=True)
+    labels = _labels(data, labels)
+    y = _class(y, int(labels.max()) + 1)
+    return G.log_likelihood(x, data) + gamma * class_log_posterior(data, labels, x, 0, None)[:, y]
