@@ -32,14 +32,15 @@ def _solution(exercise_id):
     return get_check(exercise_id).solution
 
 
-def _map(out, fn):
-    """``fn`` applied to every floating-point tensor (and float) of an answer's output, keeping its structure."""
+def _map(out, fn, *, integers=False):
+    """``fn`` applied to every floating-point tensor (and float) of an answer's output, keeping its structure;
+    with ``integers``, to its integer tensors too (labels, as ``10.label_dropout`` returns)."""
     if isinstance(out, torch.Tensor):
-        return fn(out) if out.is_floating_point() else out
+        return fn(out) if out.is_floating_point() or (integers and out.dtype != torch.bool) else out
     if isinstance(out, float):
         return float(fn(torch.tensor(out, dtype=torch.float64)))
     if isinstance(out, (tuple, list)):
-        return type(out)(_map(o, fn) for o in out)
+        return type(out)(_map(o, fn, integers=integers) for o in out)
     return out
 
 
@@ -48,7 +49,8 @@ def _skewed(exercise_id):
     solution = _solution(exercise_id)
 
     def answer(*args, **kwargs):
-        return _map(solution(*args, **kwargs), lambda t: t * 1.3 + 0.7)
+        return _map(solution(*args, **kwargs), lambda t: t * 1.3 + 0.7 if t.is_floating_point() else t + 1,
+                    integers=True)
     return answer
 
 
@@ -121,7 +123,7 @@ def _subclass(exercise_id):
     wrong = _skewed(exercise_id)
 
     def answer(*args, **kwargs):
-        return _map(wrong(*args, **kwargs), lambda t: t.as_subclass(Liar))
+        return _map(wrong(*args, **kwargs), lambda t: t.as_subclass(Liar), integers=True)
     return answer
 
 
@@ -154,7 +156,7 @@ def _impostor(exercise_id):
     wrong = _skewed(exercise_id)
 
     def answer(*args, **kwargs):
-        return _map(wrong(*args, **kwargs), Impostor)
+        return _map(wrong(*args, **kwargs), Impostor, integers=True)
     return answer
 
 
@@ -202,7 +204,7 @@ def _float64_inside(exercise_id):
 def _float32_always(exercise_id):
     """The solution's output hard-coded to float32: wrong for the float64 inputs."""
     solution = _solution(exercise_id)
-    return lambda *a, **k: _map(solution(*a, **k), lambda t: t.float())
+    return lambda *a, **k: _map(solution(*a, **k), lambda t: t.float(), integers=True)
 
 
 def _reference_imported(exercise_id):
