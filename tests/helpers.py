@@ -68,3 +68,17 @@ def skewed_mixture_1d():
     f64 = torch.float64
     return gmm.GMM(torch.tensor([0.3, 0.7], dtype=f64), torch.tensor([[-1.0], [1.5]], dtype=f64),
                    torch.tensor([[[0.05]], [[0.2]]], dtype=f64))
+
+
+def first_tensor(*args):
+    """The first tensor among an answer's arguments (for hostile answers that return or mimic an input)."""
+    import torch
+
+    return next(a for a in args if isinstance(a, torch.Tensor))
+
+
+def zeros_like_first(*args):
+    """A hostile answer: zeros shaped like the first tensor argument."""
+    import torch
+
+    return torch.zeros_like(first_tensor(*args))

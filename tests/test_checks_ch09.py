@@ -18,7 +18,7 @@ from coursepkg.grading import check, get_check
 from coursepkg.grading.checks import ch09_ddpm_training_sampling as C
 from coursepkg.grading.kit import Case, Recorder
 
-from .helpers import check_fails, check_passes
+from .helpers import check_fails, check_passes, first_tensor, zeros_like_first
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 F64 = torch.float64
@@ -627,23 +627,15 @@ def test_correct_answers_written_differently_pass(exercise_id, fn):
 
 
 # ---------------------------------------------------------------------------------------------- hostile
-def _first_tensor(*args):
-    return next(a for a in args if isinstance(a, torch.Tensor))
-
-
-def _zeros(*args):
-    return torch.zeros_like(_first_tensor(*args))
-
-
 def _zero_loss(*args):
-    return torch.zeros((), dtype=_first_tensor(*args).dtype)
+    return torch.zeros((), dtype=first_tensor(*args).dtype)
 
 
 def _loss_of_zeros(model, x0, alpha_bar, generator):   # the model called on zeros: no t, no noise
     return (model(torch.zeros_like(x0), torch.ones(x0.shape[0], dtype=torch.long)) ** 2).mean()
 
 
-HOSTILE = {"returns its first tensor input": _first_tensor, "returns zeros": _zeros, "returns 0": _zero_loss}
+HOSTILE = {"returns its first tensor input": first_tensor, "returns zeros": zeros_like_first, "returns 0": _zero_loss}
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))

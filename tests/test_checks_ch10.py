@@ -19,7 +19,7 @@ from coursepkg.grading import check, get_check
 from coursepkg.grading.checks import ch10_guidance as C
 from coursepkg.grading.kit import Case
 
-from .helpers import check_fails, check_passes
+from .helpers import check_fails, check_passes, first_tensor, zeros_like_first
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 F64 = torch.float64
@@ -773,16 +773,8 @@ def test_correct_answers_written_differently_pass(exercise_id, fn):
 
 
 # ---------------------------------------------------------------------------------------------- hostile
-def _first_tensor(*args):
-    return next(a for a in args if isinstance(a, torch.Tensor))
-
-
-def _zeros(*args):
-    return torch.zeros_like(_first_tensor(*args))
-
-
 def _constant(*args):
-    return torch.full_like(_first_tensor(*args), -1)
+    return torch.full_like(first_tensor(*args), -1)
 
 
 def _mutating(exercise_id):
@@ -804,15 +796,15 @@ _COUNTER = itertools.count()
 
 
 def _different_every_time(*args):                            # a new random tensor at every call
-    x = _first_tensor(*args)
+    x = first_tensor(*args)
     g = torch.Generator().manual_seed(next(_COUNTER))
     if x.is_floating_point():
         return torch.randn(x.shape, generator=g, dtype=x.dtype)
     return torch.randint(-1, 3, x.shape, generator=g, dtype=x.dtype)
 
 
-HOSTILE = {"returns its first tensor input": _first_tensor, "returns zeros": _zeros, "returns a constant": _constant,
-           "returns noise": _different_every_time}
+HOSTILE = {"returns its first tensor input": first_tensor, "returns zeros": zeros_like_first,
+           "returns a constant": _constant, "returns noise": _different_every_time}
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
